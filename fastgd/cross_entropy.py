@@ -1,0 +1,251 @@
+"""``fastgd.cross_entropy`` and ``fastgd.CrossEntropyLoss``: a drop-in for
+``torch.nn.functional.cross_entropy`` with class-index targets, plus z-loss, soft capping, logit
+scaling, a gradient-accumulation normaliser and an opt-in in-place backward.
+
+The loss of a batch is assembled from the per-row ``ce`` and ``lse`` of
+:func:`fastgd.cross_entropy_ops.cross_entropy_rows` with plain torch ops on ``N``-vectors (no
+host sync), so autograd and ``torch.compile`` see ordinary code around one custom op:
+
+* ``none``: ``ce_i + z_loss * lse_i**2`` (0 on ignored rows)
+* ``sum``:  ``sum_i ce_i + z_loss * sum_i lse_i**2``, over counted rows
+* ``mean``: ``sum_i ce_i / sum_i w[t_i]  +  z_loss * sum_i lse_i**2 / n_counted`` -- torch's
+  weighted mean for the cross-entropy term, a plain mean over counted rows for the z-loss term.
+  If no row is counted the loss is 0 (torch returns NaN) and the gradient is 0.
+* ``num_items`` given (with ``mean`` or ``sum``): ``(sum_i ce_i + z_loss * sum_i lse_i**2) /
+  num_items``.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import backend
+from .cross_entropy_ops import compute_dtype, cross_entropy_rows
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
+    logit_scale: float = 1.0,
+    num_items: Union[int, Tensor, None] = None,
+    return_lse: bool = False,
+    inplace_backward: bool = False,
+):
+    """Cross-entropy between logits ``input`` and class indices ``target``.
+
+    Same result as ``torch.nn.functional.cross_entropy(input, target, weight, ignore_index=...,
+    reduction=..., label_smoothing=...)`` for ``(N, C)``, ``(C,)`` and ``(N, C, d1, ...)`` inputs,
+    with these differences and extras:
+
+    * the loss is float32 for float16/bfloat16 input (float64 for float64); the math is float32;
+    * with ``reduction="mean"`` and every target ignored, the loss is 0, not NaN;
+    * ``z_loss``: adds ``z_loss * logsumexp(logits)**2`` per counted row;
+    * ``softcap``: logits become ``softcap * tanh(logits / softcap)`` before the softmax;
+    * ``logit_scale``: logits are multiplied by it first (before the soft cap);
+    * ``num_items``: divide the summed loss by this count (an int or a 0-dim tensor, read on the
+      device) instead of the mean's own denominator: the normaliser of gradient accumulation;
+    * ``return_lse``: also return the per-row logsumexp (shaped like ``target``, differentiable);
+    * ``inplace_backward``: the gradient overwrites ``input``'s storage. Safe only when nothing
+      else needs ``input`` after the loss (the usual ``logits -> loss`` case). Autograd notices a
+      later use by a saved-tensor check (``input``'s version counter is bumped); a leaf ``input``
+      would have its values replaced by its gradient.
+
+    A target outside ``[0, C)`` other than ``ignore_index`` raises on CPU; on CUDA that row's loss
+    and gradient are NaN (checking would need a host sync). Nothing is read out of bounds.
+    """
+    _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
+    logits, flat_target, out_shape = _as_rows(input, target)
+    n_classes = logits.shape[1]
+    weight = _check_weight(weight, n_classes, logits)
+    if backend.can_check_on_host(flat_target):
+        _check_target_range(flat_target, n_classes, ignore_index)
+
+    ce, lse = cross_entropy_rows(
+        logits, flat_target, weight, int(ignore_index), float(label_smoothing),
+        float(logit_scale), float(softcap) if softcap is not None else 0.0, bool(inplace_backward),
+    )
+    counted = flat_target != ignore_index
+    z_term = z_loss * torch.where(counted, lse * lse, 0.0) if z_loss else None
+
+    if reduction == "none":
+        loss = ce + z_term if z_term is not None else ce
+        loss = loss.reshape(out_shape)
+    elif num_items is not None:
+        total = ce.sum() + (z_term.sum() if z_term is not None else 0.0)
+        loss = total / _as_denominator(num_items, total)
+    elif reduction == "sum":
+        loss = ce.sum() + (z_term.sum() if z_term is not None else 0.0)
+    else:
+        loss = _safe_divide(ce.sum(), _counted_weight(flat_target, counted, weight, ce.dtype))
+        if z_term is not None:
+            loss = loss + _safe_divide(z_term.sum(), counted.sum().to(ce.dtype))
+    if return_lse:
+        return loss, lse.reshape(out_shape)
+    return loss
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` backed by :func:`fastgd.cross_entropy`, with its extras as
+    constructor keywords; ``num_items`` is given per call: ``loss_fn(logits, target,
+    num_items=n)``."""
+
+    def __init__(
+        self,
+        weight: Optional[Tensor] = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: Optional[float] = None,
+        logit_scale: float = 1.0,
+        return_lse: bool = False,
+        inplace_backward: bool = False,
+    ) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        _check_options(self.reduction, label_smoothing, z_loss, softcap, logit_scale, None)
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.logit_scale = logit_scale
+        self.return_lse = return_lse
+        self.inplace_backward = inplace_backward
+
+    def forward(self, input: Tensor, target: Tensor, num_items=None):
+        return cross_entropy(
+            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+            z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale,
+            num_items=num_items, return_lse=self.return_lse,
+            inplace_backward=self.inplace_backward,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
+                f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+                f"softcap={self.softcap}, logit_scale={self.logit_scale}")
+
+
+# --------------------------------------------------------------------------- helpers
+def _safe_divide(total: Tensor, count: Tensor) -> Tensor:
+    """``total / count``, 0 where ``count == 0`` -- with a gradient of 0, not NaN."""
+    empty = count == 0
+    return torch.where(empty, 0.0, total / torch.where(empty, 1.0, count))
+
+
+def _counted_weight(target, counted, weight, dtype) -> Tensor:
+    if weight is None:
+        return counted.sum().to(dtype)
+    safe = torch.where(counted & (target >= 0) & (target < weight.shape[0]), target, 0)
+    return torch.where(counted, weight[safe.long()], 0.0).sum().to(dtype)
+
+
+def _as_denominator(num_items, like: Tensor) -> Tensor:
+    if isinstance(num_items, Tensor):
+        return num_items.to(device=like.device, dtype=like.dtype)
+    return torch.tensor(float(num_items), dtype=like.dtype, device=like.device)
+
+
+def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
+    """``(N, C)`` logits, ``(N,)`` targets and the shape of a per-element loss."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor of logits, got {type(input).__name__}")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class indices, got "
+                        f"{type(target).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must hold floating-point logits, got {input.dtype}; "
+                        f"convert with input.float()")
+    if input.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"input dtype {input.dtype} is not supported: use float16, bfloat16, "
+                        f"float32 or float64")
+    if target.is_floating_point() or target.is_complex():
+        raise TypeError(
+            f"target must hold class indices (int64 or int32), got {target.dtype}; probability "
+            f"(soft) targets are not supported: use torch.nn.functional.cross_entropy for them")
+    if target.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"target must be int64 or int32 class indices, got {target.dtype}; "
+                        f"convert with target.long()")
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input is on {input.device}; "
+                         f"move them to the same device")
+    if input.dim() == 0:
+        raise ValueError("input must have a class dimension: shape (C,), (N, C) or (N, C, d1, ...)")
+    if input.dim() == 1:  # (C,) logits with a 0-dim target
+        if target.dim() != 0:
+            raise ValueError(f"for input of shape (C,) = {tuple(input.shape)}, target must be "
+                             f"0-dim, got shape {tuple(target.shape)}")
+        logits, flat_target, out_shape = input.unsqueeze(0), target.reshape(1), target.shape
+    else:
+        expected = (input.shape[0], *input.shape[2:])
+        if tuple(target.shape) != expected:
+            raise ValueError(
+                f"target shape {tuple(target.shape)} does not match input shape "
+                f"{tuple(input.shape)}: expected {expected} (class dimension 1 of input removed)")
+        if input.dim() == 2:
+            logits = input
+        else:  # (N, C, d1, ...): classes last, one row per (n, d1, ...)
+            logits = input.movedim(1, -1).reshape(-1, input.shape[1])
+        flat_target, out_shape = target.reshape(-1), target.shape
+    if logits.shape[1] == 0:
+        raise ValueError("input has 0 classes; cross-entropy needs at least one class")
+    return logits, flat_target.contiguous(), out_shape
+
+
+def _check_weight(weight, n_classes, logits) -> Optional[Tensor]:
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        raise TypeError("weight must be a floating-point tensor of one weight per class")
+    if weight.shape != (n_classes,):
+        raise ValueError(f"weight must have shape (C,) = ({n_classes},), got "
+                         f"{tuple(weight.shape)}")
+    if weight.device != logits.device:
+        raise ValueError(f"weight is on {weight.device} but input is on {logits.device}")
+    return weight.to(compute_dtype(logits.dtype)).contiguous()
+
+
+def _check_target_range(target, n_classes, ignore_index) -> None:
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if bad.any():
+        value = target[bad][0].item()
+        raise ValueError(f"target contains {value}, outside [0, {n_classes}) and not "
+                         f"ignore_index={ignore_index}")
+
+
+def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}: expected one of {_REDUCTIONS}")
+    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r}: must be a float in [0, 1]")
+    if not isinstance(z_loss, numbers.Real) or z_loss < 0:
+        raise ValueError(f"z_loss={z_loss!r}: must be a float >= 0 (0 disables it)")
+    if softcap is not None and (not isinstance(softcap, numbers.Real) or not softcap > 0):
+        raise ValueError(f"softcap={softcap!r}: must be a float > 0, or None to disable it")
+    if not isinstance(logit_scale, numbers.Real) or not logit_scale > 0:
+        raise ValueError(f"logit_scale={logit_scale!r}: must be a float > 0")
+    if num_items is not None:
+        if reduction == "none":
+            raise ValueError("num_items divides the summed loss: use it with reduction='mean' "
+                             "or 'sum', not 'none'")
+        if isinstance(num_items, Tensor):
+            if num_items.dim() != 0:
+                raise ValueError(f"num_items must be a 0-dim tensor, got shape "
+                                 f"{tuple(num_items.shape)}")
+        elif isinstance(num_items, bool) or not isinstance(num_items, numbers.Real):
+            raise TypeError(f"num_items must be an int or a 0-dim tensor, got "
+                            f"{type(num_items).__name__}")
+        elif not num_items > 0:
+            raise ValueError(f"num_items={num_items!r}: must be > 0")

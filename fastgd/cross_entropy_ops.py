@@ -1,0 +1,236 @@
+"""The per-row cross-entropy as torch library ops (so ``torch.compile`` can trace through them),
+with their launchers. Everything about reductions lives in :mod:`fastgd.cross_entropy`.
+
+``fastgd::cross_entropy_rows(logits (N, C), target (N,), ...) -> (ce (N,), lse (N,))`` and its
+backward ``fastgd::cross_entropy_rows_backward`` (a new gradient tensor) or
+``fastgd::cross_entropy_rows_backward_`` (the gradient written over the logits). Each runs the
+Triton kernels or the PyTorch path, as :mod:`fastgd.backend` decides.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import backend
+from . import cross_entropy_torch as torch_path
+from .launch_config import cross_entropy_launch
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the math (and of ``ce``/``lse``): float64 for float64 logits, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- Triton launchers
+def _kernel_flags(logits, weight, label_smoothing, softcap):
+    import triton.language as tl
+
+    block, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
+    return dict(
+        HAS_WEIGHT=weight is not None,
+        HAS_SMOOTHING=label_smoothing > 0,
+        HAS_SOFTCAP=softcap > 0,
+        COMPUTE=tl.float64 if logits.dtype == torch.float64 else tl.float32,
+        BLOCK_V=block,
+        num_warps=num_warps,
+    )
+
+
+def _float_args(*values: float) -> list[float]:
+    """Each float as an exact (hi, lo) pair of fp32 values (see kernels.common.float_arg)."""
+    out = []
+    for value in values:
+        hi = float(np.float32(value))
+        out += [hi, float(np.float32(value - hi))]
+    return out
+
+
+def _launch_forward(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap):
+    from .kernels.cross_entropy import cross_entropy_forward_kernel
+
+    n_rows, n_classes = logits.shape
+    ce = torch.empty(n_rows, dtype=compute_dtype(logits.dtype), device=logits.device)
+    lse = torch.empty_like(ce)
+    if n_rows == 0:
+        return ce, lse
+    weight_sum = weight.sum() if weight is not None else ce  # any pointer when unused
+    cross_entropy_forward_kernel[(n_rows,)](
+        logits, logits.stride(0), logits.stride(1),
+        target, weight if weight is not None else ce, weight_sum,
+        ce, lse,
+        n_classes, ignore_index,
+        *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
+        **_kernel_flags(logits, weight, label_smoothing, softcap),
+    )
+    return ce, lse
+
+
+def _launch_backward(
+    grad, logits, target, weight, lse, grad_ce, grad_lse,
+    ignore_index, label_smoothing, logit_scale, softcap,
+):
+    from .kernels.cross_entropy import cross_entropy_backward_kernel
+
+    n_rows, n_classes = logits.shape
+    if n_rows == 0:
+        return
+    weight_sum = weight.sum() if weight is not None else lse
+    cross_entropy_backward_kernel[(n_rows,)](
+        logits, logits.stride(0), logits.stride(1),
+        grad, grad.stride(0), grad.stride(1),
+        target, weight if weight is not None else lse, weight_sum,
+        lse, grad_ce, grad_lse if grad_lse is not None else lse,
+        n_classes, ignore_index,
+        *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
+        HAS_GRAD_LSE=grad_lse is not None,
+        **_kernel_flags(logits, weight, label_smoothing, softcap),
+    )
+
+
+# --------------------------------------------------------------------------- library ops
+@torch.library.custom_op("fastgd::cross_entropy_rows", mutates_args=())
+def cross_entropy_rows(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    logit_scale: float,
+    softcap: float,
+    inplace_backward: bool,
+) -> tuple[Tensor, Tensor]:
+    """Per-row ``(ce, lse)``; ``softcap <= 0`` means no soft cap. ``inplace_backward`` only
+    tells the backward where to write."""
+    args = (logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap)
+    if backend.uses_kernels(logits):
+        return _launch_forward(*args)
+    return torch_path.rows_forward(*args)
+
+
+@cross_entropy_rows.register_fake
+def _(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap, inplace_backward):
+    ce = logits.new_empty(logits.shape[0], dtype=compute_dtype(logits.dtype))
+    return ce, torch.empty_like(ce)
+
+
+@torch.library.custom_op("fastgd::cross_entropy_rows_backward", mutates_args=())
+def cross_entropy_rows_backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    lse: Tensor,
+    grad_ce: Tensor,
+    grad_lse: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    logit_scale: float,
+    softcap: float,
+) -> Tensor:
+    args = (target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
+            softcap)
+    if backend.uses_kernels(logits):
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        _launch_backward(grad, logits, *args)
+        return grad
+    return torch_path.rows_backward(logits, *args)
+
+
+@cross_entropy_rows_backward.register_fake
+def _(logits, target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
+      softcap):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+@torch.library.custom_op("fastgd::cross_entropy_rows_backward_", mutates_args=("logits",))
+def cross_entropy_rows_backward_(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    lse: Tensor,
+    grad_ce: Tensor,
+    grad_lse: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    logit_scale: float,
+    softcap: float,
+) -> None:
+    """As ``cross_entropy_rows_backward``, writing the gradient over ``logits``."""
+    args = (target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
+            softcap)
+    if backend.uses_kernels(logits):
+        _launch_backward(logits, logits, *args)
+    else:
+        logits.copy_(torch_path.rows_backward(logits, *args))
+
+
+def _setup_context(ctx, inputs, output):
+    logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap, inplace = inputs
+    ctx.save_for_backward(logits, target, weight, output[1])
+    ctx.options = (ignore_index, label_smoothing, logit_scale, softcap)
+    ctx.inplace = inplace
+
+
+def _backward(ctx, grad_ce, grad_lse):
+    logits, target, weight, lse = ctx.saved_tensors
+    if grad_ce is None:
+        grad_ce = torch.zeros_like(lse)
+    grad_ce = grad_ce.contiguous()  # a grad from .sum().backward() has stride 0
+    grad_lse = grad_lse.contiguous() if grad_lse is not None else None
+    args = (target, weight, lse, grad_ce, grad_lse, *ctx.options)
+    if ctx.inplace:
+        cross_entropy_rows_backward_(logits, *args)
+        grad = logits
+    else:
+        grad = cross_entropy_rows_backward(logits, *args)
+    return grad, None, None, None, None, None, None, None
+
+
+cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- AOT compile specs
+def aot_specs():
+    """The kernels as a real launch specialises them, for :mod:`fastgd.aot`."""
+    import triton.language as tl
+
+    from .aot import KernelSpec
+    from .kernels.cross_entropy import cross_entropy_backward_kernel, cross_entropy_forward_kernel
+
+    specs = []
+    for dtype, ty in [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),
+                      (torch.float32, "fp32"), (torch.float64, "fp64")]:
+        block, num_warps = cross_entropy_launch(128256, dtype)
+        compute = "fp64" if dtype == torch.float64 else "fp32"
+        tl_compute = tl.float64 if dtype == torch.float64 else tl.float32
+        for weighted, smooth, capped in [(False, False, False), (True, True, True)]:
+            flags = dict(HAS_WEIGHT=weighted, HAS_SMOOTHING=smooth, HAS_SOFTCAP=capped,
+                         COMPUTE=tl_compute, BLOCK_V=block)
+            scalars = {"n_classes": "i32", "ignore_index": "i32"}
+            for option in ("label_smoothing", "logit_scale", "softcap"):
+                scalars.update({f"{option}_hi": "fp32", f"{option}_lo": "fp32"})
+            const = {k: "constexpr" for k in flags}
+            tag = f"{ty}{'+w+ls+cap' if weighted else ''}"
+            fwd_sig = {"logits_ptr": f"*{ty}", "stride_row": "i32", "stride_col": "constexpr",
+                       "target_ptr": "*i64", "weight_ptr": f"*{compute}",
+                       "weight_sum_ptr": f"*{compute}", "ce_ptr": f"*{compute}",
+                       "lse_ptr": f"*{compute}", **scalars, **const}
+            specs.append(KernelSpec(
+                f"ce_forward/{tag}", cross_entropy_forward_kernel, fwd_sig,
+                {"stride_col": 1, **flags}, aligned=("logits_ptr", "stride_row", "n_classes"),
+                num_warps=num_warps))
+            bwd_sig = {"logits_ptr": f"*{ty}", "stride_row": "i32", "stride_col": "constexpr",
+                       "grad_ptr": f"*{ty}", "grad_stride_row": "i32",
+                       "grad_stride_col": "constexpr", "target_ptr": "*i64",
+                       "weight_ptr": f"*{compute}", "weight_sum_ptr": f"*{compute}",
+                       "lse_ptr": f"*{compute}", "grad_ce_ptr": f"*{compute}",
+                       "grad_lse_ptr": f"*{compute}", **scalars, "HAS_GRAD_LSE": "constexpr",
+                       **const}
+            specs.append(KernelSpec(
+                f"ce_backward/{tag}", cross_entropy_backward_kernel, bwd_sig,
+                {"stride_col": 1, "grad_stride_col": 1, "HAS_GRAD_LSE": weighted, **flags},
+                aligned=("logits_ptr", "stride_row", "grad_ptr", "grad_stride_row", "n_classes"),
+                num_warps=num_warps))
+    return specs

@@ -1,0 +1,70 @@
+"""The PyTorch path of the per-row cross-entropy: same inputs, outputs and math as the kernels in
+``fastgd/kernels/cross_entropy.py`` (see its docstring for the formulas), for machines where the
+kernels do not run. Computes in float32 (float64 for float64 logits)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def _z(logits: torch.Tensor, logit_scale: float, softcap: float) -> torch.Tensor:
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(compute) * logit_scale
+    if softcap > 0:
+        z = softcap * torch.tanh(z / softcap)
+    return z
+
+
+def _target_info(target, weight, n_classes, ignore_index, dtype):
+    ignored = target == ignore_index
+    in_range = (target >= 0) & (target < n_classes)
+    safe_target = torch.where(in_range, target, 0).long()
+    w_t = weight[safe_target].to(dtype) if weight is not None else torch.ones((), dtype=dtype)
+    return safe_target, ignored, in_range, w_t
+
+
+def rows_forward(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap):
+    n_classes = logits.shape[1]
+    z = _z(logits, logit_scale, softcap)
+    lse = torch.logsumexp(z, dim=1)
+    safe_target, ignored, in_range, w_t = _target_info(
+        target, weight, n_classes, ignore_index, z.dtype
+    )
+    z_t = z.gather(1, safe_target[:, None])[:, 0]
+    ce = (1.0 - label_smoothing) * w_t * (lse - z_t)
+    if label_smoothing > 0:
+        w = weight.to(z.dtype) if weight is not None else None
+        w_sum = w.sum() if w is not None else n_classes
+        weighted_z_sum = (z * w).sum(1) if w is not None else z.sum(1)
+        ce = ce + label_smoothing / n_classes * (w_sum * lse - weighted_z_sum)
+    ce = torch.where(ignored, 0.0, torch.where(in_range, ce, float("nan")))
+    return ce, lse
+
+
+def rows_backward(
+    logits, target, weight, lse, grad_ce, grad_lse: Optional[torch.Tensor],
+    ignore_index, label_smoothing, logit_scale, softcap,
+):
+    n_classes = logits.shape[1]
+    z = _z(logits, logit_scale, softcap)
+    safe_target, ignored, in_range, w_t = _target_info(
+        target, weight, n_classes, ignore_index, z.dtype
+    )
+    g_ce = torch.where(ignored, 0.0, torch.where(in_range, grad_ce.to(z.dtype), float("nan")))
+    p = torch.exp(z - lse[:, None].to(z.dtype))
+    coef_true = g_ce * (1.0 - label_smoothing) * w_t
+    coef_p = coef_true + (grad_lse.to(z.dtype) if grad_lse is not None else 0.0)
+    dz = coef_p[:, None] * p
+    dz.scatter_add_(1, safe_target[:, None], -coef_true[:, None])
+    if label_smoothing > 0:
+        w = weight.to(z.dtype) if weight is not None else None
+        w_sum = w.sum() if w is not None else n_classes
+        coef_w = g_ce * label_smoothing / n_classes
+        dz += (coef_w * w_sum)[:, None] * p
+        dz -= coef_w[:, None] * (w[None, :] if w is not None else 1.0)
+    if softcap > 0:
+        dz = dz * (1.0 - (z / softcap) ** 2)
+    if grad_lse is None:  # as the kernel: an ignored row's gradient is exactly zero
+        dz = torch.where(ignored[:, None], 0.0, dz)
+    return (dz * logit_scale).to(logits.dtype)

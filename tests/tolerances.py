@@ -1,0 +1,66 @@
+"""The one tolerance table of the test suite, and the helpers that apply it.
+
+Accuracy rule (from flash-attention's tests): with ``truth`` computed in float64,
+
+    max|ours - truth|  <=  RATIO * max|torch_same_dtype - truth|  +  ATOL[dtype] * max(1, max|truth|)
+
+i.e. we may be at most twice as far from the exact answer as PyTorch itself is in the same dtype,
+plus a floor of about half a unit in the last place of the dtype (relative to the largest value),
+so that a reference that happens to be exact does not demand the impossible.
+"""
+from __future__ import annotations
+
+import torch
+
+RATIO = 2.0
+
+ATOL = {
+    torch.float64: 1e-12,
+    torch.float32: 2e-6,
+    torch.float16: 5e-4,  # ~half an fp16 ulp at magnitude 1
+    torch.bfloat16: 4e-3,  # ~half a bf16 ulp at magnitude 1
+}
+
+# Tight comparisons where both sides compute in the same precision (e.g. fp32 optimizer state
+# against torch.optim in fp32): relative tolerance, absolute tolerance.
+SAME_PRECISION = {
+    torch.float64: (1e-12, 1e-14),
+    torch.float32: (1e-6, 1e-7),
+    torch.float16: (2e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+}
+
+
+def _worst(diff: torch.Tensor, k: int = 5) -> str:
+    flat = diff.flatten()
+    k = min(k, flat.numel())
+    values, idx = flat.topk(k)
+    return ", ".join(f"[{i}]={v:.3e}" for v, i in zip(values.tolist(), idx.tolist()))
+
+
+def assert_accurate(ours, same_dtype, truth, dtype: torch.dtype, what: str = "value") -> None:
+    """Apply the accuracy rule above. ``same_dtype`` is PyTorch's answer computed in ``dtype``."""
+    truth = truth.detach().double().cpu()
+    ours = ours.detach().double().cpu()
+    same_dtype = same_dtype.detach().double().cpu()
+    assert ours.shape == truth.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(truth.shape)}"
+    bad_nan = ours.isnan() & ~truth.isnan()
+    assert not bad_nan.any(), f"{what}: {int(bad_nan.sum())} NaNs where the truth is finite"
+    finite = truth.isfinite()
+    if finite.sum() == 0:
+        return
+    err_ours = (ours - truth).abs()[finite]
+    err_torch = (same_dtype - truth).abs()[finite]
+    scale = max(1.0, truth[finite].abs().max().item())
+    bound = RATIO * err_torch.max().item() + ATOL[dtype] * scale
+    worst = err_ours.max().item()
+    assert worst <= bound, (
+        f"{what} ({dtype}): max error {worst:.3e} > bound {bound:.3e} "
+        f"(torch's own error {err_torch.max().item():.3e}); worst: {_worst(err_ours)}"
+    )
+
+
+def assert_same(ours, expected, dtype: torch.dtype, what: str = "value") -> None:
+    """Same-precision comparison with the SAME_PRECISION tolerances of ``dtype``."""
+    rtol, atol = SAME_PRECISION[dtype]
+    torch.testing.assert_close(ours, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
