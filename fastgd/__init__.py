@@ -3,7 +3,9 @@ cross-entropy loss over a large vocabulary and the Adam/AdamW update."""
 from . import backend
 from .backend import force_backend
 from .cross_entropy import CrossEntropyLoss, cross_entropy
+from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossEntropyLoss", "backend", "cross_entropy", "force_backend"]
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "backend", "cross_entropy", "force_backend",
+           "linear_cross_entropy"]

@@ -25,3 +25,23 @@ def cross_entropy_launch(n_classes: int, dtype: torch.dtype) -> tuple[int, int]:
 
 def _next_power_of_2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+# Linear cross-entropy: how many token rows of logits one chunk holds.
+# The chunk's working set (its logits, turned into their gradient in place, plus whatever
+# chunk-sized temporaries the path makes: see linear_cross_entropy_ops._bytes_per_logit) is kept
+# under a fixed budget, so peak extra memory never grows with N. 1 GiB because on the GPU the
+# d_weight accumulator (V x H fp32) is read and written once per chunk: for V=128256, H=4096
+# that is 4.2 GB of traffic (~1 ms at 4.3 TB/s) against 2*rows*V*H FLOPs of the chunk's matmul
+# (~1.4 ms per 1024 rows at ~790 TFLOP/s), so the chunk needs thousands of rows for the matmuls
+# to dominate; 1 GiB of bf16 logits is 4096 rows at V=128256. Rows are a power of two (matmul
+# tiles divide them) and chosen from shapes only: no host sync.
+LCE_CHUNK_BUDGET_BYTES = 1 << 30
+
+
+def linear_cross_entropy_chunk(n_rows: int, n_classes: int, bytes_per_logit: int) -> int:
+    """Token rows per chunk: the largest power of two whose working set fits the budget, at least
+    1 and at most ``n_rows``."""
+    fit = max(1, LCE_CHUNK_BUDGET_BYTES // max(1, n_classes * bytes_per_logit))
+    rows = 1 << (fit.bit_length() - 1)  # largest power of two <= fit
+    return max(1, min(rows, n_rows))

@@ -1,0 +1,195 @@
+"""``fastgd.linear_cross_entropy`` and ``fastgd.LinearCrossEntropyLoss``: the cross-entropy of a
+language-model head, ``cross_entropy(hidden @ weight.T + bias, target)``, computed chunk by chunk
+over tokens so that the ``N x V`` logits never exist whole (see
+:mod:`fastgd.linear_cross_entropy_ops` for the passes and the bytes/FLOPs reasoning).
+
+Peak extra memory: one chunk of logits (``rows x V`` in the input dtype; rows from the 1 GiB
+budget of :func:`fastgd.launch_config.linear_cross_entropy_chunk`, or ``chunk_size``) plus, in the
+backward, an fp32 ``V x H`` accumulator for ``d_weight`` (none is needed when ``weight`` is fp32:
+the accumulator *is* the gradient) and an fp32 ``V`` one for ``d_bias``.
+
+The loss is assembled from the per-row ``ce`` and ``lse`` exactly as :func:`fastgd.cross_entropy`
+assembles it (same reductions, z-loss, ``num_items``, all-ignored batches giving 0), so the two
+agree option for option.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .cross_entropy import (
+    _as_denominator,
+    _check_options,
+    _check_weight,
+    _counted_weight,
+    _safe_divide,
+)
+from .linear_cross_entropy_ops import linear_cross_entropy_rows
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    class_weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
+    logit_scale: float = 1.0,
+    num_items: Union[int, Tensor, None] = None,
+    return_lse: bool = False,
+    chunk_size: Optional[int] = None,
+):
+    """Cross-entropy of the logits ``hidden @ weight.T + bias`` against class indices ``target``,
+    without materialising the logits.
+
+    ``hidden``: ``(*, H)`` (e.g. an LM's ``(B, T, H)``), ``weight``: ``(V, H)`` as ``nn.Linear``
+    stores it, ``bias``: ``(V,)`` or None, all of one float dtype; ``target``: ``hidden.shape[:-1]``
+    int64/int32 class indices. Returns what ``fastgd.cross_entropy(logits.flatten(0, -2),
+    target.flatten(), class_weight, ...)`` returns for those logits -- a scalar, or for
+    ``reduction="none"`` (and the ``lse`` of ``return_lse``) a tensor shaped like ``target`` --
+    with gradients for ``hidden``, ``weight`` and ``bias``, each only if it requires grad.
+
+    Options as :func:`fastgd.cross_entropy` (``class_weight`` is its ``weight``: per-class
+    weights, renamed here because ``weight`` is the projection). ``chunk_size``: token rows per
+    chunk; by default the largest power of two whose working set fits a fixed 1 GiB budget
+    (decided from shapes alone: no host sync).
+    """
+    _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
+    rows, flat_target, out_shape = _as_rows(hidden, weight, target, bias)
+    class_weight = _check_weight(class_weight, weight.shape[0], rows)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size={chunk_size!r}: must be an int >= 1, or None for the "
+                         f"default from the memory budget")
+
+    ce, lse = linear_cross_entropy_rows(
+        rows, weight, bias, flat_target, class_weight, int(ignore_index), float(label_smoothing),
+        float(logit_scale), float(softcap) if softcap is not None else 0.0, int(chunk_size or 0),
+    )
+    loss = _assemble_loss(ce, lse, flat_target, class_weight, ignore_index, reduction, z_loss,
+                          num_items)
+    if reduction == "none":
+        loss = loss.reshape(out_shape)
+    if return_lse:
+        return loss, lse.reshape(out_shape)
+    return loss
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """Module form of :func:`linear_cross_entropy`: options in the constructor, then
+    ``loss_fn(hidden, weight, target, bias=None, num_items=None)``."""
+
+    def __init__(
+        self,
+        class_weight: Optional[Tensor] = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: Optional[float] = None,
+        logit_scale: float = 1.0,
+        return_lse: bool = False,
+        chunk_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, None)
+        self.register_buffer("class_weight", class_weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.logit_scale = logit_scale
+        self.return_lse = return_lse
+        self.chunk_size = chunk_size
+
+    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor,
+                bias: Optional[Tensor] = None, num_items=None):
+        return linear_cross_entropy(
+            hidden, weight, target, bias, class_weight=self.class_weight,
+            ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            logit_scale=self.logit_scale, num_items=num_items, return_lse=self.return_lse,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
+                f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+                f"softcap={self.softcap}, logit_scale={self.logit_scale}, "
+                f"chunk_size={self.chunk_size}")
+
+
+# --------------------------------------------------------------------------- helpers
+def _assemble_loss(ce, lse, target, class_weight, ignore_index, reduction, z_loss, num_items):
+    """The loss from per-row ``ce``/``lse``: the same formulas, in the same order of operations,
+    as the body of :func:`fastgd.cross_entropy` (see its module docstring)."""
+    counted = target != ignore_index
+    z_term = z_loss * torch.where(counted, lse * lse, 0.0) if z_loss else None
+    if reduction == "none":
+        return ce + z_term if z_term is not None else ce
+    total = ce.sum() + (z_term.sum() if z_term is not None else 0.0)
+    if num_items is not None:
+        return total / _as_denominator(num_items, total)
+    if reduction == "sum":
+        return total
+    loss = _safe_divide(ce.sum(), _counted_weight(target, counted, class_weight, ce.dtype))
+    if z_term is not None:
+        loss = loss + _safe_divide(z_term.sum(), counted.sum().to(ce.dtype))
+    return loss
+
+
+def _check_tensor(value, name: str, what: str) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor ({what}), got {type(value).__name__}")
+
+
+def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
+    """``(N, H)`` hidden rows, ``(N,)`` targets and the shape of a per-token loss."""
+    _check_tensor(hidden, "hidden", "the (*, H) inputs of the head")
+    _check_tensor(weight, "weight", "the (V, H) projection, as nn.Linear stores it")
+    _check_tensor(target, "target", "class indices")
+    if hidden.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"hidden dtype {hidden.dtype} is not supported: use float16, bfloat16, "
+                        f"float32 or float64")
+    if hidden.dim() == 0:
+        raise ValueError("hidden must have a feature dimension: shape (*, H)")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must have shape (V, H) with H = hidden.shape[-1] = "
+                         f"{hidden.shape[-1]}, got {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight has 0 rows (V = 0 classes); cross-entropy needs at least one")
+    for name, other in (("weight", weight), ("bias", bias)):
+        if other is None:
+            continue
+        _check_tensor(other, name, "of hidden's dtype and device")
+        if other.dtype != hidden.dtype:
+            raise TypeError(f"{name} dtype {other.dtype} differs from hidden dtype "
+                            f"{hidden.dtype}; convert one of them (as F.linear requires)")
+        if other.device != hidden.device:
+            raise ValueError(f"{name} is on {other.device} but hidden is on {hidden.device}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape (V,) = ({weight.shape[0]},), got "
+                         f"{tuple(bias.shape)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype not in (torch.int64,
+                                                                                   torch.int32):
+        raise TypeError(f"target must hold int64 or int32 class indices, got {target.dtype}; "
+                        f"convert with target.long()")
+    if target.device != hidden.device:
+        raise ValueError(f"target is on {target.device} but hidden is on {hidden.device}")
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(f"target shape {tuple(target.shape)} does not match hidden shape "
+                         f"{tuple(hidden.shape)}: expected {tuple(hidden.shape[:-1])} (hidden "
+                         f"without its last, feature dimension)")
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    return rows, target.reshape(-1).contiguous(), target.shape
