@@ -22,7 +22,6 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from . import backend
 from .cross_entropy_ops import compute_dtype, cross_entropy_rows
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -69,8 +68,6 @@ def cross_entropy(
     logits, flat_target, out_shape = _as_rows(input, target)
     n_classes = logits.shape[1]
     weight = _check_weight(weight, n_classes, logits)
-    if backend.can_check_on_host(flat_target):
-        _check_target_range(flat_target, n_classes, ignore_index)
 
     ce, lse = cross_entropy_rows(
         logits, flat_target, weight, int(ignore_index), float(label_smoothing),
@@ -215,14 +212,6 @@ def _check_weight(weight, n_classes, logits) -> Optional[Tensor]:
     if weight.device != logits.device:
         raise ValueError(f"weight is on {weight.device} but input is on {logits.device}")
     return weight.to(compute_dtype(logits.dtype)).contiguous()
-
-
-def _check_target_range(target, n_classes, ignore_index) -> None:
-    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-    if bad.any():
-        value = target[bad][0].item()
-        raise ValueError(f"target contains {value}, outside [0, {n_classes}) and not "
-                         f"ignore_index={ignore_index}")
 
 
 def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items) -> None:

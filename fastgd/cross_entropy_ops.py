@@ -24,6 +24,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def check_target_range(target: Tensor, n_classes: int, ignore_index: int) -> None:
+    """Raise if a target is outside ``[0, n_classes)`` and not ``ignore_index`` (host tensors
+    only: on a GPU this would be a host sync; the kernels make such a row NaN instead)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if bad.any():
+        value = target[bad][0].item()
+        raise ValueError(f"target contains {value}, outside [0, {n_classes}) and not "
+                         f"ignore_index={ignore_index}")
+
+
 # --------------------------------------------------------------------------- Triton launchers
 def _kernel_flags(logits, weight, label_smoothing, softcap):
     import triton.language as tl
@@ -104,6 +114,8 @@ def cross_entropy_rows(
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``(ce, lse)``; ``softcap <= 0`` means no soft cap. ``inplace_backward`` only
     tells the backward where to write."""
+    if backend.can_check_on_host(target):  # inside the op: eager, and opaque to torch.compile
+        check_target_range(target, logits.shape[1], ignore_index)
     args = (logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap)
     if backend.uses_kernels(logits):
         return _launch_forward(*args)
@@ -171,6 +183,8 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(logits, target, weight, output[1])
     ctx.options = (ignore_index, label_smoothing, logit_scale, softcap)
     ctx.inplace = inplace
+    # An unused output's gradient stays None (not zeros): the backward then skips ignored rows.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_ce, grad_lse):

@@ -41,7 +41,7 @@ def _target_info(
     target_ptr, weight_ptr, row, n_classes, ignore_index, HAS_WEIGHT: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    """(target clamped into range, is the row counted, is the target valid, weight of target)."""
+    """(target clamped into range, is the row ignored, is the target valid, weight of target)."""
     target = tl.load(target_ptr + row).to(tl.int64)
     ignored = target == ignore_index
     in_range = (target >= 0) & (target < n_classes)
@@ -172,10 +172,12 @@ def cross_entropy_backward_kernel(
     g_ce = tl.where(ignored, 0.0, tl.where(in_range, g_ce, float("nan")))
     if HAS_GRAD_LSE:
         g_lse = tl.load(grad_lse_ptr + row).to(COMPUTE)
-        needs_logits = True
+        read_limit = n_classes
     else:
         g_lse = 0.0
-        needs_logits = ~ignored  # the gradient of an ignored row is all zeros: skip its read
+        # The gradient of an ignored row is all zeros: skip reading its logits. (A limit rather
+        # than `mask & row_flag`: the interpreter turns a block & scalar of bools into ints.)
+        read_limit = tl.where(ignored, 0, n_classes)
 
     coef_true = g_ce * (1.0 - label_smoothing) * w_t  # times (p_c - [c == t])
     coef_p = coef_true + g_lse  # times p_c
@@ -191,7 +193,7 @@ def cross_entropy_backward_kernel(
     for start in range(0, n_classes, BLOCK_V):
         offs = start + cols
         mask = offs < n_classes
-        x = tl.load(row_ptr + offs * stride_col, mask=mask & needs_logits, other=0.0).to(COMPUTE)
+        x = tl.load(row_ptr + offs * stride_col, mask=offs < read_limit, other=0.0).to(COMPUTE)
         z = _scaled_capped(x, logit_scale, softcap, HAS_SOFTCAP)
         p = tl.exp(z - lse)
         dz = coef_p * p - tl.where(offs == safe_target, coef_true, 0.0)
@@ -206,7 +208,7 @@ def cross_entropy_backward_kernel(
             dx = dz * logit_scale * (1.0 - t * t)
         else:
             dx = dz * logit_scale
-        dx = tl.where(needs_logits, dx, 0.0)
+        dx = tl.where(offs < read_limit, dx, 0.0)
         tl.store(
             grad_row_ptr + offs * grad_stride_col,
             round_for_store(dx, grad_ptr.dtype.element_ty),

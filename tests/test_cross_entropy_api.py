@@ -1,0 +1,181 @@
+"""fastgd.cross_entropy as an API: errors, the module, in-place backward, gradcheck, compile,
+out-of-range targets."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgd
+from ce_cases import check_against_torch, make_inputs
+from fastgd.cross_entropy_ops import _launch_backward, _launch_forward, cross_entropy_rows
+from fastgd.cross_entropy_torch import rows_backward, rows_forward
+
+
+# --------------------------------------------------------------------------- bad input
+def _good(device):
+    logits, target, weight = make_inputs(4, 10, torch.float32, device)
+    return logits, target, weight.float()
+
+
+BAD_CALLS = {
+    # name: (call(logits, target, weight) -> None, error type, text the message must name)
+    "N mismatch": (lambda x, t, w: fastgd.cross_entropy(x, t[:3]), ValueError, "target shape"),
+    "float target": (lambda x, t, w: fastgd.cross_entropy(x, t.float()), TypeError, "probab"),
+    "probability target": (lambda x, t, w: fastgd.cross_entropy(x, x.softmax(1)), TypeError,
+                           "probab"),
+    "int16 target": (lambda x, t, w: fastgd.cross_entropy(x, t.short()), TypeError, "target.long"),
+    "integer logits": (lambda x, t, w: fastgd.cross_entropy(x.long(), t), TypeError,
+                       "input.float"),
+    "weight length": (lambda x, t, w: fastgd.cross_entropy(x, t, w[:5]), ValueError, "weight"),
+    "negative smoothing": (lambda x, t, w: fastgd.cross_entropy(x, t, label_smoothing=-0.1),
+                           ValueError, "label_smoothing"),
+    "smoothing > 1": (lambda x, t, w: fastgd.cross_entropy(x, t, label_smoothing=1.5),
+                      ValueError, "label_smoothing"),
+    "bad reduction": (lambda x, t, w: fastgd.cross_entropy(x, t, reduction="avg"), ValueError,
+                      "reduction"),
+    "softcap 0": (lambda x, t, w: fastgd.cross_entropy(x, t, softcap=0.0), ValueError, "softcap"),
+    "negative z_loss": (lambda x, t, w: fastgd.cross_entropy(x, t, z_loss=-1.0), ValueError,
+                        "z_loss"),
+    "logit_scale 0": (lambda x, t, w: fastgd.cross_entropy(x, t, logit_scale=0.0), ValueError,
+                      "logit_scale"),
+    "num_items 0": (lambda x, t, w: fastgd.cross_entropy(x, t, num_items=0), ValueError,
+                    "num_items"),
+    "num_items none": (lambda x, t, w: fastgd.cross_entropy(x, t, reduction="none", num_items=3),
+                       ValueError, "num_items"),
+    "num_items float list": (lambda x, t, w: fastgd.cross_entropy(x, t, num_items=[3]),
+                             TypeError, "num_items"),
+    "zero classes": (lambda x, t, w: fastgd.cross_entropy(x[:, :0], t), ValueError, "0 classes"),
+    "target out of range": (lambda x, t, w: fastgd.cross_entropy(x, t.clamp(min=0) + 10),
+                            ValueError, "outside [0, 10)"),
+    "negative target": (lambda x, t, w: fastgd.cross_entropy(x, torch.full_like(t, -1)),
+                        ValueError, "outside"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=str)
+def test_bad_input_names_the_argument(case):
+    # CPU tensors: the target-range check happens on the host only where it costs no sync.
+    call, error, text = BAD_CALLS[case]
+    with pytest.raises(error, match=text.replace("[", r"\[").replace(")", r"\)")):
+        call(*_good("cpu"))
+
+
+@pytest.mark.parametrize("path", ["kernels", "torch"])
+def test_out_of_range_target_without_host_check_is_nan_not_out_of_bounds(path, device):
+    # What CUDA does (no host check there): nothing is read outside the row; the row's loss and
+    # gradient are NaN, the other rows are unaffected. Called below the host check.
+    logits, target, _ = make_inputs(3, 50, torch.float32, device, ignore_some=False)
+    target[1] = 10_000
+    args = (target, None, -100, 0.0, 1.0, 0.0)
+    if path == "kernels":
+        ce, lse = _launch_forward(logits, *args)
+        grad = torch.empty_like(logits)
+        _launch_backward(grad, logits, target, None, lse, torch.ones_like(ce), None,
+                         *args[2:])
+    else:
+        ce, lse = rows_forward(logits, *args)
+        grad = rows_backward(logits, target, None, lse, torch.ones_like(ce), None, *args[2:])
+    assert ce[1].isnan() and not ce[[0, 2]].isnan().any()
+    assert grad[1].isnan().all() and not grad[[0, 2]].isnan().any()
+    assert lse.isfinite().all()
+
+
+# --------------------------------------------------------------------------- the module
+def test_module_matches_functional_and_torch_module(device):
+    logits, target, weight = make_inputs(6, 40, torch.float32, device)
+    ours = fastgd.CrossEntropyLoss(weight=weight.float(), label_smoothing=0.1, z_loss=1e-3)
+    assert "weight" in dict(ours.named_buffers())  # as nn.CrossEntropyLoss: moves with .to()
+    expected = fastgd.cross_entropy(logits, target, weight.float(), label_smoothing=0.1,
+                                    z_loss=1e-3)
+    torch.testing.assert_close(ours(logits, target), expected, rtol=0, atol=0)
+    plain = fastgd.CrossEntropyLoss(reduction="sum")
+    torch.testing.assert_close(plain(logits, target),
+                               torch.nn.CrossEntropyLoss(reduction="sum")(logits, target))
+    torch.testing.assert_close(plain(logits, target, num_items=5),
+                               F.cross_entropy(logits, target, reduction="sum") / 5)
+    assert isinstance(ours, torch.nn.CrossEntropyLoss)
+    assert "z_loss=0.001" in repr(ours)
+
+
+def test_module_rejects_bad_options():
+    with pytest.raises(ValueError, match="softcap"):
+        fastgd.CrossEntropyLoss(softcap=-1.0)
+
+
+# --------------------------------------------------------------------------- in-place backward
+def test_inplace_backward_overwrites_logits_with_the_gradient(device):
+    logits, target, weight = make_inputs(5, 4096 + 3, torch.bfloat16, device)
+    opts = dict(weight=weight.to(torch.bfloat16), label_smoothing=0.1, z_loss=1e-3)
+    leaf = logits.clone().requires_grad_()
+    fastgd.cross_entropy(leaf, target, **opts).backward()
+
+    base = logits.clone().requires_grad_()
+    x = base * 1.0  # a non-leaf, as logits coming out of an lm_head
+    version = x._version
+    fastgd.cross_entropy(x, target, inplace_backward=True, **opts).backward()
+    assert x._version > version, "autograd must see the in-place write"
+    torch.testing.assert_close(base.grad, leaf.grad, rtol=0, atol=0)
+    torch.testing.assert_close(x.detach(), leaf.grad, rtol=0, atol=0)  # x now holds the grad
+
+
+def test_inplace_backward_is_caught_when_logits_are_needed_elsewhere(device):
+    logits, target, _ = make_inputs(3, 30, torch.float32, device)
+    base = logits.clone().requires_grad_()
+    x = base * 1.0
+    other = x.sin().sum()  # sin saves x for its own backward
+    loss = fastgd.cross_entropy(x, target, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + other).backward()
+
+
+def test_inplace_backward_on_torch_path(device):
+    logits, target, _ = make_inputs(4, 30, torch.float32, device)
+    with fastgd.force_backend("torch"):
+        x = logits.clone().requires_grad_()
+        fastgd.cross_entropy(x, target).backward()
+        y = (logits.clone().requires_grad_() * 1.0)
+        y.retain_grad()
+        fastgd.cross_entropy(y, target, inplace_backward=True).backward()
+    torch.testing.assert_close(y.detach(), x.grad, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- autograd & compile
+@pytest.mark.parametrize("opts", [
+    dict(),
+    dict(weight=True, label_smoothing=0.2, z_loss=0.1, softcap=2.0, logit_scale=1.5),
+    dict(reduction="none", return_lse=True, softcap=3.0),
+], ids=["plain", "all-options", "none+lse"])
+def test_gradcheck_float64(opts, device):
+    logits, target, weight = make_inputs(3, 7, torch.float64, device)
+    opts = dict(opts)
+    if opts.pop("weight", False):
+        opts["weight"] = weight
+
+    def fn(x):
+        out = fastgd.cross_entropy(x, target, **opts)
+        return out if isinstance(out, tuple) else (out,)
+
+    assert torch.autograd.gradcheck(fn, (logits.clone().requires_grad_(),))
+
+
+def test_torch_compile_fullgraph(device):
+    logits, target, weight = make_inputs(6, 50, torch.float32, device)
+
+    def step(x, t, w):
+        return fastgd.cross_entropy(x, t, w, label_smoothing=0.1, z_loss=1e-3, softcap=5.0)
+
+    compiled = torch.compile(step, fullgraph=True)
+    x1 = logits.clone().requires_grad_()
+    loss = compiled(x1, target, weight.float())
+    loss.backward()
+    x2 = logits.clone().requires_grad_()
+    expected = step(x2, target, weight.float())
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_library_ops_pass_opcheck(device):
+    logits, target, weight = make_inputs(4, 20, torch.float32, device)
+    x = logits.clone().requires_grad_()
+    torch.library.opcheck(cross_entropy_rows, (x, target, weight.float(), -100, 0.1, 1.0, 3.0,
+                                               False))
