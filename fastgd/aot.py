@@ -34,7 +34,8 @@ class KernelSpec:
     constexprs: dict  # constexpr name -> value
     aligned: tuple = ()  # argument names a real launch sees as 16-divisible (pointers, strides)
     num_warps: int = 4
-    hot: bool = True  # a streaming kernel whose loads/stores must be 128-bit wide
+    hot: bool = True  # a streaming kernel: its loads must be 128-bit wide, no local memory
+    streams_stores: bool = True  # its stores stream too (must be 128-bit); False: per-row results
 
 
 @dataclasses.dataclass
@@ -48,6 +49,7 @@ class KernelReport:
     widest_load_bits: int
     widest_store_bits: int
     hot: bool
+    streams_stores: bool
 
 
 def all_specs() -> list[KernelSpec]:
@@ -79,6 +81,7 @@ def compile_spec(spec: KernelSpec, arch: int) -> KernelReport:
         widest_load_bits=_widest(sass, "LDG"),
         widest_store_bits=_widest(sass, "STG"),
         hot=spec.hot,
+        streams_stores=spec.streams_stores,
     )
 
 

@@ -234,7 +234,7 @@ def aot_specs():
             specs.append(KernelSpec(
                 f"ce_forward/{tag}", cross_entropy_forward_kernel, fwd_sig,
                 {"stride_col": 1, **flags}, aligned=("logits_ptr", "stride_row", "n_classes"),
-                num_warps=num_warps))
+                num_warps=num_warps, streams_stores=False))
             bwd_sig = {"logits_ptr": f"*{ty}", "stride_row": "i32", "stride_col": "constexpr",
                        "grad_ptr": f"*{ty}", "grad_stride_row": "i32",
                        "grad_stride_col": "constexpr", "target_ptr": "*i64",

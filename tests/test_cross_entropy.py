@@ -95,6 +95,18 @@ def test_confident_true_class_gradient_does_not_cancel(device):
     assert rel < 2 ** -8, f"true-class gradient off by {rel:.2e} relative: {ours} vs {truth}"
 
 
+def test_bf16_gradient_rounds_to_nearest_even(device):
+    # The gradient is computed in fp32 and rounded once, to nearest even: it must equal the exact
+    # gradient rounded by torch almost everywhere (a truncating store would miss about half).
+    logits, target, _ = make_inputs(4, 3000, torch.bfloat16, device)
+    _, grad = loss_and_grad(fastgd.cross_entropy, logits, target, torch.ones((), device=device),
+                            reduction="sum")
+    x = logits.double().requires_grad_()
+    torch.nn.functional.cross_entropy(x, target, reduction="sum").backward()
+    same = (grad == x.grad.to(torch.bfloat16)).double().mean().item()
+    assert same > 0.99, f"only {same:.1%} of the gradient is correctly rounded"
+
+
 def test_non_contiguous_inputs(device):
     logits, target, _ = make_inputs(6, 300, torch.float32, device)
     wide = torch.empty(6, 600, device=device)
