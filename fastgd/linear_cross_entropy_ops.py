@@ -164,11 +164,10 @@ def _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, gra
             _accumulate_product(d_weight, grad.t(), h_chunk)
         if need_bias:
             d_bias += grad.sum(0, dtype=compute)
-    empty = hidden.new_empty(0)
     return (
-        d_hidden if need_hidden else empty,
-        d_weight.to(weight.dtype) if need_weight else empty,
-        d_bias.to(bias.dtype) if need_bias else empty,
+        d_hidden if need_hidden else hidden.new_empty(0),  # custom ops may not return aliases:
+        d_weight.to(weight.dtype) if need_weight else hidden.new_empty(0),  # one empty each
+        d_bias.to(bias.dtype) if need_bias else hidden.new_empty(0),
     )
 
 
@@ -230,11 +229,10 @@ def linear_cross_entropy_rows_backward(
 @linear_cross_entropy_rows_backward.register_fake
 def _(hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse, ignore_index,
       label_smoothing, logit_scale, softcap, chunk_size, need_hidden, need_weight, need_bias):
-    empty = hidden.new_empty(0)
     return (
-        torch.empty_like(hidden) if need_hidden else empty,
-        torch.empty_like(weight) if need_weight else empty,
-        torch.empty_like(bias) if need_bias and bias is not None else empty,
+        torch.empty_like(hidden) if need_hidden else hidden.new_empty(0),
+        torch.empty_like(weight) if need_weight else hidden.new_empty(0),
+        torch.empty_like(bias) if need_bias and bias is not None else hidden.new_empty(0),
     )
 
 
