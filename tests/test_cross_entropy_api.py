@@ -179,3 +179,31 @@ def test_library_ops_pass_opcheck(device):
     x = logits.clone().requires_grad_()
     torch.library.opcheck(cross_entropy_rows, (x, target, weight.float(), -100, 0.1, 1.0, 3.0,
                                                False))
+
+
+def test_drop_in_training_loop(device):
+    # Swapping F.cross_entropy for fastgd.cross_entropy in a small loop trains the same model.
+    def train(loss_fn):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(),
+                                    torch.nn.Linear(32, 50)).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(24, 16, generator=gen).to(device)  # one batch, fitted for a few steps
+        y = torch.randint(0, 50, (24,), generator=gen).to(device)
+        y[:3] = -100
+        losses = []
+        for _ in range(5):
+            loss = loss_fn(model(x), y, label_smoothing=0.05)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, [p.detach() for p in model.parameters()]
+
+    ours_losses, ours_params = train(fastgd.cross_entropy)
+    torch_losses, torch_params = train(F.cross_entropy)
+    assert ours_losses[-1] < ours_losses[0]
+    torch.testing.assert_close(ours_losses, torch_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours_params, torch_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
