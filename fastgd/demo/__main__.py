@@ -1,0 +1,6 @@
+"""``python -m fastgd.demo``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

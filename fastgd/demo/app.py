@@ -1,0 +1,102 @@
+"""The demo from start to end: load the corpus, train the fastgd run (and the torch run with
+``--compare``), then write the metrics and the plot, print the summary and a text sample."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import fastgd
+
+from . import data, recipe
+from .config import Config, ConfigError
+from .metrics import write_csv
+from .model import generate
+from .plot import save_plot
+from .report import comparison_lines, make_reporter, summary_table
+from .train import StopRequest, resolve_device, train
+
+
+def run(cfg: Config, quiet: bool = False) -> int:
+    """Exit status: 0 when done (early stop included), 130 when interrupted."""
+    device = _device(cfg)
+    if cfg.fused_linear and not recipe.has_linear_cross_entropy():
+        raise ConfigError("--fused-linear needs fastgd.linear_cross_entropy, which this "
+                          "version of fastgd does not have")
+    say = (lambda *a: None) if quiet else print
+    corpus = data.load_corpus(cfg.data)
+    data.check_fits(corpus, cfg.context)
+    say(f"corpus: {corpus.description}")
+    say(f"        {corpus.n_train_files} training files ({corpus.train.numel():,} bytes), "
+        f"{corpus.n_val_files} held out for validation ({corpus.val.numel():,} bytes)")
+    say(_setup_line(cfg, device))
+
+    reporter = make_reporter(cfg.progress, quiet)
+    stacks = ["fastgd", "torch"] if cfg.compare else ["fastgd"]
+    results = []
+    stop = StopRequest()
+    with stop.catching_ctrl_c():
+        for stack in stacks:
+            results.append(train(cfg, stack, corpus, device, reporter, stop))
+            if results[-1].interrupted:
+                break
+
+    out = Path(cfg.out)
+    write_csv(out / "metrics.csv", [r.tracker for r in results])
+    problem = save_plot(out / "demo.png", [r.tracker for r in results], _title(cfg, device))
+    say("")
+    say(summary_table(results))
+    if len(results) == 2:
+        for line in comparison_lines(*results):
+            say(line)
+    say(f"metrics: {out / 'metrics.csv'}   plot: {problem or out / 'demo.png'}   "
+        f"checkpoints: {out}/<run>/best.pt, last.pt")
+    if results[-1].interrupted:
+        say(f"interrupted at step {results[-1].steps_done}; checkpoint saved. Continue with the "
+            f"same command and --resume.")
+        return 130
+    if cfg.sample_bytes:
+        say("\n--- sample from the fastgd run's best checkpoint "
+            "(the first line of held-out text as the prompt) ---")
+        say(_sample(results[0].model, corpus, cfg))
+    return 0
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    if cfg.backend == "interpret":
+        return torch.device("cpu")
+    return resolve_device(cfg.device)
+
+
+def _setup_line(cfg: Config, device: torch.device) -> str:
+    probe = torch.empty(0, device=device)
+    if cfg.backend == "torch":
+        which = "torch (forced)"
+    else:
+        which = fastgd.backend.backend_for(probe)
+    hint = ""
+    if which == "torch" and device.type == "cpu":
+        hint = " (PyTorch path; --backend interpret runs the Triton kernels interpreted)"
+    opt = "fastgd.AdamW" if recipe.has_fastgd_adamw() else "torch.optim.AdamW (fastgd.AdamW n/a)"
+    return (f"device: {device}, fastgd backend: {which}{hint}; optimizer: {opt}\n"
+            f"model: {cfg.layers} layers x {cfg.dim} wide, {cfg.heads} heads, context "
+            f"{cfg.context}; {cfg.steps} steps x {cfg.tokens_per_step:,} tokens "
+            f"({cfg.batch_size} x {cfg.accum} x {cfg.context})")
+
+
+def _title(cfg: Config, device: torch.device) -> str:
+    where = cfg.data or "Python stdlib sample"
+    return (f"{where} | {cfg.layers}x{cfg.dim} GPT, {cfg.steps} steps x {cfg.tokens_per_step} "
+            f"tokens, lr {cfg.lr:g}, seed {cfg.seed} | {device.type}, backend {cfg.backend}")
+
+
+def _sample(model, corpus: data.Corpus, cfg: Config) -> str:
+    head = bytes(corpus.val[:200].tolist())
+    prompt = head.split(b"\n")[0][:60] + b"\n" if b"\n" in head else head[:16]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    text = generate(model, prompt, cfg.sample_bytes, temperature=0.8, generator=generator)
+    return (prompt + text).decode("utf-8", errors="replace")
+
+

@@ -1,0 +1,114 @@
+"""The demo's settings: one dataclass, its defaults, the smaller preset used when the Triton
+kernels run through the interpreter, and the checks that turn bad values into one-line errors."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A bad option (the CLI prints it as one line)."""
+
+
+@dataclass
+class Config:
+    # data
+    data: Optional[str] = None  # None: a sample of the Python standard library's sources
+    context: int = 128
+    # model
+    layers: int = 4
+    dim: int = 128
+    heads: int = 4
+    dropout: float = 0.0
+    # optimisation
+    steps: int = 600
+    batch_size: int = 16
+    accum: int = 1
+    lr: float = 3e-3
+    warmup: int = 40
+    weight_decay: float = 0.1
+    max_grad_norm: Optional[float] = 1.0
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    fused_linear: bool = False
+    # evaluation and stopping
+    eval_every: int = 100
+    eval_sequences: int = 128
+    patience: int = 3
+    # run
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+    out: str = "fastgd-demo"
+    resume: bool = False
+    compare: bool = False
+    log_every: int = 10
+    sample_bytes: int = 300
+    progress: bool = True
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.accum * self.context
+
+
+# Through the interpreter every kernel program costs about a millisecond, one per token row for
+# the loss: a smaller model and batch keep the run to a few minutes.
+INTERPRETER_PRESET = dict(steps=150, batch_size=8, context=64, layers=2, dim=64, heads=4,
+                          warmup=15, eval_every=50, eval_sequences=32)
+
+# Options that shape the model or the data stream: a checkpoint can only be resumed with the
+# same values.
+RESUME_MUST_MATCH = ("data", "context", "layers", "dim", "heads", "seed", "batch_size", "accum",
+                     "steps", "warmup")
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16")
+BACKENDS = ("auto", "torch", "interpret")
+
+
+def with_overrides(base: Config, **changes) -> Config:
+    return dataclasses.replace(base, **changes)
+
+
+def check(cfg: Config) -> None:
+    """Raise :class:`ConfigError` naming the first bad option and what to do instead."""
+    _positive(cfg, "steps", "batch_size", "accum", "context", "layers", "dim", "heads",
+              "eval_every", "eval_sequences", "log_every")
+    _at_least(cfg, 0, "warmup", "weight_decay", "z_loss", "patience", "sample_bytes", "seed")
+    if not cfg.lr > 0:
+        raise ConfigError(f"--lr {cfg.lr}: the learning rate must be > 0")
+    if cfg.dim % cfg.heads:
+        raise ConfigError(f"--dim {cfg.dim} is not divisible by --heads {cfg.heads}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"--dropout {cfg.dropout}: must be in [0, 1)")
+    if not 0.0 <= cfg.label_smoothing <= 1.0:
+        raise ConfigError(f"--label-smoothing {cfg.label_smoothing}: must be in [0, 1]")
+    if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:
+        raise ConfigError(f"--max-grad-norm {cfg.max_grad_norm}: must be > 0 (or 'none' to "
+                          f"disable clipping)")
+    if cfg.warmup >= cfg.steps:
+        raise ConfigError(f"--warmup {cfg.warmup} must be smaller than --steps {cfg.steps}")
+    for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("backend", BACKENDS)):
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"--{name} {getattr(cfg, name)}: expected one of {allowed}")
+    if cfg.backend == "interpret" and cfg.device == "cuda":
+        raise ConfigError("--backend interpret runs the kernels on CPU tensors: use --device cpu "
+                          "(or auto)")
+
+
+def _positive(cfg: Config, *names: str) -> None:
+    for name in names:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"--{_flag(name)} {getattr(cfg, name)}: must be > 0")
+
+
+def _at_least(cfg: Config, low: float, *names: str) -> None:
+    for name in names:
+        if not getattr(cfg, name) >= low:
+            raise ConfigError(f"--{_flag(name)} {getattr(cfg, name)}: must be >= {low}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
