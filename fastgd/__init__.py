@@ -4,8 +4,9 @@ from . import backend
 from .backend import force_backend
 from .cross_entropy import CrossEntropyLoss, cross_entropy
 from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy
+from .optim import Adam, AdamW
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "backend", "cross_entropy", "force_backend",
-           "linear_cross_entropy"]
+__all__ = ["Adam", "AdamW", "CrossEntropyLoss", "LinearCrossEntropyLoss", "backend", "cross_entropy",
+           "force_backend", "linear_cross_entropy"]

@@ -1,0 +1,333 @@
+"""``fastgd.Adam`` and ``fastgd.AdamW``: torch.optim's Adam/AdamW with the whole update in one
+Triton launch per (device, dtype), optional clipping by the global gradient norm fused into it,
+and GradScaler support decided on the device. No host sync in ``step()``.
+
+Same arguments, defaults, state layout (``step`` a float32 tensor on the parameter's device,
+``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and state_dict as torch's, so checkpoints move
+both ways. On the CPU without the Triton interpreter, torch's own functional Adam runs on the same
+state (fastgd.optim_torch).
+
+Clipping (``max_grad_norm``, ours): the norm is the L2 norm over the gradients of every param
+group whose ``max_grad_norm`` is set (with every group set -- the usual case -- all gradients of
+the optimizer, as ``clip_grad_norm_(model.parameters())``); each such group scales its gradients
+by ``min(1, its max_grad_norm / (norm + 1e-6))``. With a GradScaler it is the norm of the
+unscaled gradients. The norm of the last step is ``optimizer.grad_norm`` (a float32 0-dim device
+tensor; None before the first clipping step).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import backend, optim_launch, optim_torch
+
+_EXTRA_DEFAULTS = {"max_grad_norm": None}
+
+
+class Adam(torch.optim.Optimizer):
+    """Adam (L2 weight decay added to the gradient; ``decoupled_weight_decay=True`` is AdamW),
+    argument for argument ``torch.optim.Adam``, plus keyword-only ``max_grad_norm``.
+
+    ``foreach``, ``fused`` and ``capturable`` are kept for state_dict compatibility: the update
+    is always one fused multi-tensor launch, which a CUDA graph can capture (with a tensor
+    ``lr`` if the learning rate changes between replays). ``differentiable=True`` is refused.
+    """
+
+    # GradScaler then hands step() its scale and found_inf instead of unscaling the gradients.
+    _step_supports_amp_scaling = True
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        decoupled_weight_decay: bool = False,
+        max_grad_norm: Optional[float] = None,
+    ) -> None:
+        name = type(self).__name__
+        _check_options(name, lr, betas, eps, weight_decay, max_grad_norm)
+        if differentiable:
+            raise ValueError(f"fastgd.{name}(differentiable=True): the update runs in a Triton "
+                             "kernel outside autograd; use torch.optim for differentiable steps")
+        if foreach and fused:
+            raise ValueError(f"fastgd.{name}: `fused` and `foreach` cannot both be True")
+        defaults = dict(
+            lr=lr, betas=tuple(_one_element(b) for b in betas), eps=eps,
+            weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, foreach=foreach,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay, max_grad_norm=max_grad_norm,
+        )
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ state and checkpoints
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.pop("_launch_cache", None)
+        for group in self.param_groups:
+            for key, value in (("amsgrad", False), ("maximize", False), ("foreach", None),
+                               ("capturable", False), ("differentiable", False),
+                               ("fused", None), ("decoupled_weight_decay", False)):
+                group.setdefault(key, value)
+            for key, value in _EXTRA_DEFAULTS.items():
+                group.setdefault(key, self.defaults.get(key, value))
+            for p in group["params"]:
+                _normalise_state(p, self.state.get(p))
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self.__dict__.pop("_launch_cache", None)
+
+    def _init_state(self, p: Tensor, group: dict) -> dict:
+        state = self.state[p]
+        if len(state) == 0:
+            # step on the parameter's device as float32 (torch's fused/capturable layout): the
+            # kernel reads and advances it there.
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(
+        self,
+        closure: Optional[Callable[[], Any]] = None,
+        *,
+        grad_scale: Optional[Tensor] = None,
+        found_inf: Optional[Tensor] = None,
+    ):
+        """One update of every parameter that has a gradient.
+
+        ``grad_scale`` / ``found_inf`` (default: the attributes a ``torch.amp.GradScaler`` sets
+        on the optimizer): the gradients are divided by ``grad_scale``, and when ``found_inf`` is
+        non-zero nothing changes -- parameters, moments, step counts."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if grad_scale is None:
+            grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is None:
+            found_inf = getattr(self, "found_inf", None)
+        entries = self._entries()
+        if entries:
+            norm = _run_step(self.param_groups, entries, grad_scale, found_inf, self._cache())
+            if norm is not None:
+                self.grad_norm = norm
+        return loss
+
+    def _entries(self) -> list[tuple[int, Tensor, Tensor, dict]]:
+        entries = []
+        for index, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise TypeError(f"fastgd.{type(self).__name__}: parameter of shape "
+                                    f"{tuple(p.shape)} has a sparse gradient; Adam needs dense "
+                                    "gradients (torch.optim.SparseAdam handles sparse ones)")
+                entries.append((index, p, grad, self._init_state(p, group)))
+        return entries
+
+    def _cache(self) -> dict:
+        cache = self.__dict__.get("_launch_cache")
+        if cache is None:
+            cache = self.__dict__["_launch_cache"] = {"buckets": {}, "groups": {}, "norm": {}}
+        return cache
+
+
+class AdamW(Adam):
+    """AdamW (decoupled weight decay), argument for argument ``torch.optim.AdamW``, plus
+    keyword-only ``max_grad_norm``."""
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        max_grad_norm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=True, max_grad_norm=max_grad_norm,
+        )
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True  # as torch.optim.AdamW: any state loads as AdamW
+
+
+# ---------------------------------------------------------------------- validation and state
+def _check_options(name, lr, betas, eps, weight_decay, max_grad_norm) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError(f"fastgd.{name}(lr=...): a tensor lr must have one element, "
+                         f"got shape {tuple(lr.shape)}")
+    if not 0.0 <= lr:
+        raise ValueError(f"fastgd.{name}(lr={lr}): the learning rate must be >= 0")
+    if not 0.0 <= eps:
+        raise ValueError(f"fastgd.{name}(eps={eps}): eps must be >= 0")
+    if len(betas) != 2:
+        raise ValueError(f"fastgd.{name}(betas={betas}): expected two coefficients")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor) and beta.numel() != 1:
+            raise ValueError(f"fastgd.{name}(betas=...): betas[{i}] as a tensor must have one "
+                             "element")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"fastgd.{name}(betas={betas}): betas[{i}] must be in [0, 1)")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError(f"fastgd.{name}(betas=...): betas must be both floats or both tensors")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"fastgd.{name}(weight_decay={weight_decay}): must be >= 0")
+    if max_grad_norm is not None and not (
+        isinstance(max_grad_norm, (int, float)) and 0 < max_grad_norm < math.inf
+    ):
+        raise ValueError(f"fastgd.{name}(max_grad_norm={max_grad_norm!r}): expected None (no "
+                         "clipping) or a positive finite float")
+
+
+def _one_element(beta):
+    return beta.squeeze() if isinstance(beta, Tensor) and beta.dim() != 0 else beta
+
+
+def _normalise_state(p: Tensor, state: Optional[dict]) -> None:
+    """Give loaded state fastgd's layout: ``step`` a float32 tensor on ``p``'s device, moments in
+    ``p``'s layout (torch's load_state_dict already matched dtype and device)."""
+    if not state:
+        return
+    step = state.get("step")
+    if step is not None:
+        if not isinstance(step, Tensor):
+            step = torch.tensor(float(step))
+        if step.device != p.device or step.dtype != torch.float32:
+            state["step"] = step.to(device=p.device, dtype=torch.float32)
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        s = state.get(key)
+        if isinstance(s, Tensor) and s.shape == p.shape and s.stride() != p.stride():
+            state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(s)
+
+
+# ---------------------------------------------------------------------- one step, all groups
+def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[Tensor]:
+    """Update ``entries`` ((group index, param, grad, state) of every param with a gradient):
+    kernels where the backend runs them, torch's Adam elsewhere. Returns the clipping norm."""
+    kernel_works: dict[tuple, list] = defaultdict(list)  # (device, dtype) -> [Work]
+    torch_entries: dict[tuple, list] = defaultdict(list)  # (device, group) -> entries
+    for index, p, grad, state in entries:
+        if backend.uses_kernels(p) and p.dtype in optim_launch.KERNEL_DTYPES + (
+                torch.complex64, torch.complex128):
+            work = optim_launch.make_work(p, grad, state, index, param_groups[index]["amsgrad"])
+            kernel_works[(p.device, work.param.dtype)].append(work)
+        else:
+            torch_entries[(p.device, index)].append((p, grad, state))
+
+    buckets = {}
+    for key, works in kernel_works.items():
+        buckets[key] = optim_launch.prepare_bucket(works, cache["buckets"].get(key))
+        cache["buckets"][key] = buckets[key]
+    tables = {}
+    for (device, _), works in kernel_works.items():
+        if device not in tables:
+            tables[device] = optim_launch.group_table(param_groups, works[0].param,
+                                                      cache["groups"].get(device))
+            cache["groups"][device] = tables[device]
+
+    clipping = {i for i, g in enumerate(param_groups) if g["max_grad_norm"] is not None}
+    sumsq, norm = _global_sumsq(param_groups, clipping, kernel_works, buckets, tables,
+                                torch_entries, grad_scale, cache)
+
+    for key, bucket in buckets.items():
+        device, _ = key
+        works = kernel_works[key]
+        optim_launch.launch_adam(
+            bucket, tables[device][1], works[0].param,
+            _to(grad_scale, device), _to(found_inf, device),
+            sumsq.get(device) if bucket.groups & clipping else None,
+        )
+        for w in works:
+            if w.writeback is not None:
+                w.writeback.copy_(w.param)
+
+    for (device, index), items in torch_entries.items():
+        group = param_groups[index]
+        coef = None
+        if index in clipping:
+            coef = optim_torch.clip_coefficient(sumsq[device], group["max_grad_norm"])
+        optim_torch.adam_group_step(group, [e[0] for e in items], [e[1] for e in items],
+                                    [e[2] for e in items], grad_scale, found_inf, coef)
+    return norm
+
+
+def _global_sumsq(param_groups, clipping, kernel_works, buckets, tables, torch_entries,
+                  grad_scale, cache) -> tuple[dict, Optional[Tensor]]:
+    """Per device, the float64 sum of squares of all clipped gradients of all devices; and the
+    norm (float32, on the first device)."""
+    if not clipping:
+        return {}, None
+    per_device: dict = {}
+    norms: dict = {}
+    by_device: dict = defaultdict(list)
+    for key, bucket in buckets.items():
+        if bucket.groups & clipping:
+            by_device[key[0]].append((bucket, kernel_works[key][0].param))
+    for device, launches in by_device.items():
+        like = launches[0][1]
+        n_partials = sum(b.n_blocks for b, _ in launches)
+        scratch = optim_launch.new_norm_scratch(like, n_partials, cache["norm"].get(device))
+        cache["norm"][device] = scratch
+        norms[device] = optim_launch.launch_grad_sumsq(
+            launches, tables[device][1], scratch, _to(grad_scale, device), like)
+        per_device[device] = scratch.sumsq
+    torch_grads: dict = defaultdict(list)
+    for (device, index), items in torch_entries.items():
+        if index in clipping:
+            torch_grads[device] += [e[1] for e in items]
+    for device, grads in torch_grads.items():
+        part = optim_torch.grad_sumsq(grads, _to(grad_scale, device))
+        if device in per_device:  # a dtype the kernels skip, beside kernel buckets
+            per_device[device].add_(part)
+        else:
+            per_device[device] = part
+    if not per_device:
+        return {}, None
+    if len(per_device) == 1 and norms and not torch_grads:  # the usual case: one launch
+        (device, total), = per_device.items()
+        return per_device, norms[device]
+    first = next(iter(per_device))
+    total = sum(s.to(first, non_blocking=True) for s in per_device.values())
+    for device in list(per_device):
+        if device in norms:  # the kernels read their device's scratch buffer
+            per_device[device].copy_(total, non_blocking=True)
+        else:
+            per_device[device] = total.to(device, non_blocking=True)
+    return per_device, total.sqrt().float()
+
+
+def _to(t: Optional[Tensor], device) -> Optional[Tensor]:
+    return t.to(device, non_blocking=True) if t is not None else None

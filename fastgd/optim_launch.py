@@ -1,0 +1,294 @@
+"""Launchers of the multi-tensor Adam kernels (kernels/adam.py) and the tables they read.
+
+A step becomes one launch per (device, dtype) -- plus one for the gradient norm when clipping:
+
+* :func:`prepare_bucket` turns the (param, grad, state) of one (device, dtype) into a
+  :class:`Bucket`: the tensor table (addresses, sizes, block ranges), the block -> tensor map and
+  the per-tensor counters. They are rebuilt only when some address changed since the last step
+  (gradients may be new tensors every step, though the caching allocator usually hands back the
+  same addresses), which the host sees from ``data_ptr()`` alone: no device sync.
+* :func:`group_table`: hyperparameters per param group, rebuilt only when a value changed.
+* New tables reach a GPU from pinned host memory with non_blocking copies; the pinned buffer is
+  kept alive with the table, so a CUDA graph that captured the copy can replay it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import struct
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from . import backend
+from .launch_config import ADAM_NORM_REDUCE_BLOCK, adam_launch
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Must match the column layouts in kernels/adam.py (checked by the tests).
+TENSOR_COLS = 10
+GROUP_COLS = 13
+FLAG_AMSGRAD, FLAG_MAXIMIZE, FLAG_DECOUPLED, FLAG_CLIP = 1, 2, 4, 8
+KIND_VALUE, KIND_FP32_TENSOR, KIND_FP64_TENSOR = 0, 1, 2
+
+
+@dataclasses.dataclass
+class Work:
+    """One parameter as the kernel sees it: dense real tensors sharing one layout."""
+
+    param: Tensor
+    grad: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    max_exp_avg_sq: Optional[Tensor]
+    step: Tensor
+    group: int
+    writeback: Optional[Tensor] = None  # the user's parameter when ``param`` is a dense copy
+
+
+@dataclasses.dataclass
+class Bucket:
+    """The tables of one launch (tensors of one device and dtype)."""
+
+    signature: tuple
+    tensor_table: Tensor
+    block_table: Tensor
+    counters: Tensor
+    n_blocks: int
+    aligned: bool
+    groups: frozenset
+    keep: list  # pinned host copies of the tables: alive as long as the tables are
+
+
+def make_work(param: Tensor, grad: Tensor, state: dict, group: int, amsgrad: bool) -> Work:
+    """The kernel's view of one parameter. Complex tensors become real views; a parameter that is
+    not dense is updated through a dense copy; a gradient in another layout is copied into the
+    parameter's."""
+    tensors = [param, grad, state["exp_avg"], state["exp_avg_sq"],
+               state["max_exp_avg_sq"] if amsgrad else None]
+    if param.is_complex():
+        tensors = [torch.view_as_real(t) if t is not None else None for t in tensors]
+    p, g, m, v, v_max = tensors
+    writeback = None
+    if not _dense(p):
+        writeback, p = p, p.contiguous()  # its states were created contiguous: zeros_like rule
+    if g.stride() != p.stride():
+        g = torch.empty_like(p).copy_(g)
+    for s in (m, v, v_max):
+        if s is not None and s.stride() != p.stride():
+            raise RuntimeError("fastgd optimizer state has a layout other than its parameter's; "
+                               "it was replaced outside load_state_dict")
+    return Work(p, g, m, v, v_max, state["step"], group, writeback)
+
+
+def _dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill ``numel`` consecutive slots in some order."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda ss: ss[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def prepare_bucket(works: list[Work], previous: Optional[Bucket]) -> Bucket:
+    """The tables of one launch; ``previous``'s when no address, size or group changed."""
+    signature = tuple(
+        (w.param.data_ptr(), w.grad.data_ptr(), w.exp_avg.data_ptr(), w.exp_avg_sq.data_ptr(),
+         w.max_exp_avg_sq.data_ptr() if w.max_exp_avg_sq is not None else 0,
+         w.step.data_ptr(), w.param.numel(), w.group)
+        for w in works
+    )
+    if previous is not None and previous.signature == signature:
+        return previous
+    like = works[0].param
+    block, _ = adam_launch(like.dtype)
+    rows, counts = [], []
+    for p, g, m, v, v_max, step, numel, group in signature:
+        n_blocks = max(1, -(-numel // block))  # an empty tensor still has a step to count
+        rows += [p, g, m, v, v_max, step, numel, sum(counts), n_blocks, group]
+        counts.append(n_blocks)
+    keep: list = []
+    tensor_table = _upload(rows, torch.int64, like, keep)
+    block_map = torch.repeat_interleave(torch.arange(len(works), dtype=torch.int32),
+                                        torch.tensor(counts))
+    block_table = _upload(block_map, torch.int32, like, keep)
+    aligned = all(ptr % 16 == 0 for row in signature for ptr in row[:5])
+    return Bucket(signature, tensor_table, block_table,
+                  torch.zeros(len(works), dtype=torch.int32, device=like.device),
+                  sum(counts), aligned, frozenset(w.group for w in works), keep)
+
+
+def group_table(param_groups: list[dict], like: Tensor, previous: Optional[tuple]) -> tuple:
+    """``(rows, table, keep)`` of the hyperparameters of every group for tensors like ``like``;
+    ``previous`` when no value changed."""
+    keep: list = []
+    rows = []
+    for group in param_groups:
+        flags = ((FLAG_AMSGRAD if group["amsgrad"] else 0)
+                 | (FLAG_MAXIMIZE if group["maximize"] else 0)
+                 | (FLAG_DECOUPLED if group["decoupled_weight_decay"] else 0)
+                 | (FLAG_CLIP if group["max_grad_norm"] is not None else 0))
+        beta1, beta2 = group["betas"]
+        rows += [flags, *_hyperparameter(group["lr"], like, keep),
+                 *_hyperparameter(beta1, like, keep), *_hyperparameter(beta2, like, keep),
+                 _bits(group["eps"]), _bits(group["weight_decay"]),
+                 _bits(group["max_grad_norm"] or 0.0)]
+    if previous is not None and previous[0] == rows:
+        return previous
+    return rows, _upload(rows, torch.int64, like, keep), keep
+
+
+def _hyperparameter(value: Any, like: Tensor, keep: list) -> list[int]:
+    """Three table columns: a float's value, or where the kernel reads a 0-dim tensor."""
+    if not isinstance(value, Tensor):
+        return [_bits(float(value)), 0, KIND_VALUE]
+    if value.device == like.device and value.dtype in (torch.float32, torch.float64):
+        kind = KIND_FP32_TENSOR if value.dtype == torch.float32 else KIND_FP64_TENSOR
+        return [0, value.data_ptr(), kind]
+    if backend.can_check_on_host(value):  # a CPU tensor: reading it costs no sync
+        return [_bits(float(value)), 0, KIND_VALUE]
+    moved = value.to(like.device, torch.float32, non_blocking=True)
+    keep.append(moved)
+    return [0, moved.data_ptr(), KIND_FP32_TENSOR]
+
+
+def _bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _upload(values, dtype: torch.dtype, like: Tensor, keep: list) -> Tensor:
+    """``values`` as a tensor on ``like``'s device, without a host sync."""
+    host = values.to(dtype) if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
+    if backend.can_check_on_host(like):
+        return host  # the interpreter reads host memory in place
+    host = host.pin_memory()
+    keep.append(host)
+    return host.to(like.device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------- launches
+def _tl_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float32: tl.float32, torch.float64: tl.float64}[dtype]
+
+
+def _on_device(like: Tensor):
+    """Launch on ``like``'s GPU (Triton launches on the current one)."""
+    if backend.backend_for(like) == "triton":
+        return torch.cuda.device(like.device)
+    return contextlib.nullcontext()
+
+
+@dataclasses.dataclass
+class NormScratch:
+    """Per-device buffers of the norm pass, reused every step."""
+
+    partials: Tensor  # float64, one per block of the pass
+    counter: Tensor  # int32 0-dim, 0 between passes
+    sumsq: Tensor  # float64 0-dim result
+
+
+def new_norm_scratch(like: Tensor, n_partials: int, old: Optional[NormScratch]) -> NormScratch:
+    if old is not None and old.partials.numel() >= n_partials:
+        return old
+    device = like.device
+    return NormScratch(torch.empty(max(n_partials, 1), dtype=torch.float64, device=device),
+                       torch.zeros((), dtype=torch.int32, device=device),
+                       torch.zeros((), dtype=torch.float64, device=device))
+
+
+def launch_grad_sumsq(
+    launches: list[tuple[Bucket, Tensor]], groups_table: Tensor, scratch: NormScratch,
+    grad_scale: Optional[Tensor], like: Tensor,
+) -> Tensor:
+    """Sum of squares of the (unscaled) gradients of clipping groups over ``launches`` (buckets of
+    one device, each with a tensor of its dtype); returns the fp32 norm (also in scratch.sumsq
+    as a float64 sum of squares)."""
+    from .kernels.adam import grad_sumsq_kernel
+
+    norm = torch.empty((), dtype=torch.float32, device=like.device)
+    n_partials = sum(bucket.n_blocks for bucket, _ in launches)
+    offset = 0
+    with _on_device(like):
+        for bucket, sample in launches:
+            block, num_warps = adam_launch(sample.dtype)
+            grad_sumsq_kernel[(bucket.n_blocks,)](
+                bucket.tensor_table, groups_table, bucket.block_table,
+                grad_scale if grad_scale is not None else scratch.sumsq,
+                scratch.partials, offset, n_partials, scratch.counter, scratch.sumsq, norm,
+                DTYPE=_tl_dtype(sample.dtype), COMPUTE=_compute(sample.dtype),
+                HAS_SCALE=grad_scale is not None, ALIGNED=bucket.aligned, BLOCK=block,
+                REDUCE_BLOCK=ADAM_NORM_REDUCE_BLOCK, num_warps=num_warps,
+            )
+            offset += bucket.n_blocks
+    return norm
+
+
+def launch_adam(
+    bucket: Bucket, groups_table: Tensor, sample: Tensor, grad_scale: Optional[Tensor],
+    found_inf: Optional[Tensor], grad_sumsq: Optional[Tensor],
+) -> None:
+    """One Adam step of every tensor of ``bucket`` (tensors of ``sample``'s device and dtype).
+    ``grad_sumsq``: the global sum of squares when some group of the bucket clips."""
+    from .kernels.adam import adam_kernel
+
+    block, num_warps = adam_launch(sample.dtype)
+    unused = bucket.tensor_table  # any valid pointer for an argument the flags switch off
+    with _on_device(sample):
+        adam_kernel[(bucket.n_blocks,)](
+            bucket.tensor_table, groups_table, bucket.block_table, bucket.counters,
+            grad_scale if grad_scale is not None else unused,
+            found_inf if found_inf is not None else unused,
+            grad_sumsq if grad_sumsq is not None else unused,
+            DTYPE=_tl_dtype(sample.dtype), COMPUTE=_compute(sample.dtype),
+            HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
+            HAS_CLIP=grad_sumsq is not None, ALIGNED=bucket.aligned, BLOCK=block,
+            num_warps=num_warps,
+        )
+
+
+def _compute(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# --------------------------------------------------------------------------- AOT compile specs
+def aot_specs():
+    """The kernels as a real launch of aligned tensors specialises them, for :mod:`fastgd.aot`."""
+    from .aot import KernelSpec
+    from .kernels.adam import adam_kernel, grad_sumsq_kernel
+
+    tables = {"tensor_table_ptr": "*i64", "group_table_ptr": "*i64", "block_table_ptr": "*i32"}
+    specs = []
+    for dtype, ty in [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),
+                      (torch.float32, "fp32"), (torch.float64, "fp64")]:
+        block, num_warps = adam_launch(dtype)
+        base = {"DTYPE": _tl_dtype(dtype), "COMPUTE": _compute(dtype), "HAS_SCALE": True,
+                "ALIGNED": True, "BLOCK": block}
+        adam_sig = {**tables, "counter_ptr": "*i32", "grad_scale_ptr": "*fp32",
+                    "found_inf_ptr": "*fp32", "grad_sumsq_ptr": "*fp64",
+                    **{k: "constexpr" for k in ("DTYPE", "COMPUTE", "HAS_SCALE", "HAS_FOUND_INF",
+                                                "HAS_CLIP", "ALIGNED", "BLOCK")}}
+        for scaled in (False, True):
+            flags = {**base, "HAS_SCALE": scaled, "HAS_FOUND_INF": scaled, "HAS_CLIP": scaled}
+            specs.append(KernelSpec(
+                f"adam/{ty}{'+scale+clip' if scaled else ''}", adam_kernel, adam_sig, flags,
+                aligned=tuple(adam_sig)[:4], num_warps=num_warps))
+        norm_sig = {**tables, "grad_scale_ptr": "*fp32", "partials_ptr": "*fp64",
+                    "partial_offset": "i32", "n_partials": "i32", "counter_ptr": "*i32",
+                    "sumsq_ptr": "*fp64", "norm_ptr": "*fp32",
+                    **{k: "constexpr" for k in ("DTYPE", "COMPUTE", "HAS_SCALE", "ALIGNED",
+                                                "BLOCK", "REDUCE_BLOCK")}}
+        specs.append(KernelSpec(
+            f"adam_grad_sumsq/{ty}", grad_sumsq_kernel, norm_sig,
+            {**base, "REDUCE_BLOCK": ADAM_NORM_REDUCE_BLOCK},
+            aligned=("tensor_table_ptr", "group_table_ptr", "block_table_ptr", "partials_ptr"),
+            num_warps=num_warps, streams_stores=False))
+    return specs

@@ -1,0 +1,84 @@
+"""The PyTorch path of fastgd's Adam/AdamW (CPU without the Triton interpreter, or forced with
+``fastgd.force_backend("torch")``): torch.optim's own functional Adam on fastgd's state.
+
+The extras of fastgd's kernels are done around it, with tensor operations only: unscaling by a
+GradScaler's scale and clipping by the global norm work on copies of the gradients (the user's
+``.grad`` stays untouched, as with the kernels). A step that a GradScaler marked with
+``found_inf`` is skipped by reading the flag when it lives in host memory; on a GPU (this path
+forced there) torch's fused Adam skips it on the device instead.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.optim.adam import adam as torch_adam
+
+from . import backend
+
+
+def grad_sumsq(grads: list[Tensor], grad_scale: Optional[Tensor]) -> Tensor:
+    """float64 sum of squares of the unscaled gradients (0-dim, on the gradients' device)."""
+    total = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+    for g in grads:
+        g = torch.view_as_real(g) if g.is_complex() else g
+        total += g.double().square().sum()
+    if grad_scale is not None:
+        total /= grad_scale.to(total.device).double().square()
+    return total
+
+
+def clip_coefficient(sumsq: Tensor, max_norm: float) -> Tensor:
+    """``min(1, max_norm / (norm + 1e-6))`` in float32, as ``clip_grad_norm_`` computes it for
+    float32 gradients."""
+    norm = sumsq.sqrt().float()
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
+def adam_group_step(
+    group: dict,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict],
+    grad_scale: Optional[Tensor],
+    found_inf: Optional[Tensor],
+    clip_coef: Optional[Tensor],
+) -> None:
+    """One step of the tensors of one param group on one device."""
+    device = params[0].device
+    fused = False
+    if found_inf is not None:
+        if backend.can_check_on_host(found_inf):
+            if float(found_inf) != 0:
+                return
+        else:
+            fused = True  # torch's fused kernel reads found_inf on the device
+            found_inf = found_inf.to(device, non_blocking=True)
+    if grad_scale is not None:
+        grads = [g / grad_scale.to(g.device) for g in grads]
+    if clip_coef is not None:
+        grads = [g * clip_coef.to(g.device) for g in grads]
+    amsgrad = group["amsgrad"]
+    beta1, beta2 = group["betas"]
+    torch_adam(
+        params, grads,
+        [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+        [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+        [s["step"] for s in states],
+        foreach=False,
+        # Host-side step counts keep torch's exact float64 bias corrections on the CPU; on a GPU
+        # the capturable form avoids reading the step back.
+        capturable=not backend.can_check_on_host(params[0]) and not fused,
+        fused=fused,
+        found_inf=found_inf if fused else None,
+        has_complex=any(p.is_complex() for p in params),
+        decoupled_weight_decay=group["decoupled_weight_decay"],
+        amsgrad=amsgrad,
+        beta1=beta1,
+        beta2=beta2,
+        lr=group["lr"],
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=group["maximize"],
+    )
