@@ -18,6 +18,9 @@ _REEXEC_MARK = "FASTGD_DEMO_REEXEC"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print the usage block first
+        if message.endswith("expected one argument"):
+            # argparse reads "-3e-4" as an option, not a value
+            message += " (a negative value is written --lr=-3e-4)"
         raise ConfigError(f"{message} (see --help)")
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
+
 VOCAB_SIZE = 256
 STDLIB_BUDGET_BYTES = 3_000_000  # enough that the default run sees each byte less than once
 MAX_FILE_BYTES = 200_000  # a few huge generated files would dominate the sample
@@ -21,7 +23,7 @@ VALIDATION_EVERY = 10  # about one file in ten is held out
 SEPARATOR = b"\n\n"
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """The corpus cannot feed the requested configuration (the CLI prints it as one line)."""
 
 
@@ -115,6 +117,8 @@ def _join(parts: list[bytes]) -> torch.Tensor:
 
 
 def _as_tensor(data: bytes) -> torch.Tensor:
+    if not data:  # frombuffer refuses empty buffers
+        return torch.empty(0, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 

@@ -12,8 +12,8 @@ from .metrics import Row
 class Reporter:
     """Plain lines at each evaluation; the base of the others."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
+        self._stream = stream
         self.run = ""
         self._previous: Optional[Row] = None
 
@@ -35,6 +35,10 @@ class Reporter:
     def close(self) -> None:
         pass
 
+    @property
+    def stream(self) -> TextIO:  # looked up late: sys.stdout may be replaced (tests, notebooks)
+        return self._stream or sys.stdout
+
     def say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
@@ -53,14 +57,14 @@ class Silent(Reporter):
 class ProgressBar(Reporter):
     """A tqdm bar with the loss, learning rate and tokens/s of the last logged steps."""
 
-    def __init__(self, tqdm_class, stream: TextIO = sys.stderr) -> None:
-        super().__init__(sys.stdout)
-        self._tqdm, self._bar_stream, self._bar = tqdm_class, stream, None
+    def __init__(self, tqdm_class) -> None:
+        super().__init__()
+        self._tqdm, self._bar = tqdm_class, None
 
     def start(self, run: str, total: int, initial: int) -> None:
         self.run, self._previous = run, None
         self._bar = self._tqdm(total=total, initial=initial, desc=run, unit="step",
-                               file=self._bar_stream, dynamic_ncols=True)
+                               file=sys.stderr, dynamic_ncols=True)
 
     def advance(self) -> None:
         self._bar.update(1)
@@ -111,8 +115,11 @@ def summary_table(results) -> str:
 
 def comparison_lines(fast, ref) -> list[str]:
     """Ratios of the fastgd run to the torch run, and how far apart their curves are."""
+    caveat = {"interpreter": "; the interpreter runs each kernel program in Python: a check of "
+                             "agreement, not of speed",
+              "torch": "; fastgd ran its PyTorch path: both runs use PyTorch ops"}
     lines = [f"speed fastgd/torch: {_ratio(fast.tokens_per_s, ref.tokens_per_s)} "
-             f"(training tokens/s; >1 means fastgd is faster)"]
+             f"(training tokens/s; >1 means fastgd is faster{caveat.get(fast.backend, '')})"]
     if fast.memory_kind.startswith("peak GPU"):
         lines.append(f"peak memory fastgd/torch: {_ratio(fast.peak_memory, ref.peak_memory)}")
     else:
