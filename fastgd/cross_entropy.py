@@ -198,6 +198,8 @@ def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]
         flat_target, out_shape = target.reshape(-1), target.shape
     if logits.shape[1] == 0:
         raise ValueError("input has 0 classes; cross-entropy needs at least one class")
+    if logits.shape[1] >= 2**31:
+        raise ValueError(f"input has {logits.shape[1]} classes; at most 2**31 - 1 are supported")
     return logits, flat_target.contiguous(), out_shape
 
 
