@@ -37,6 +37,8 @@ def parse_args(argv):
     parser.add_argument("--suite", nargs="+", choices=ALL_SUITES,
                         help="suites to run (default: all; 'static' is left out of a quick GPU "
                              "run, where the tests already compiled every kernel)")
+    parser.add_argument("--provider", nargs="+",
+                        help="only these providers (e.g. fastgd torch 'torch foreach')")
     parser.add_argument("--rep-ms", type=float, default=100.0,
                         help="milliseconds of timed calls per case (at least 10 calls)")
     parser.add_argument("--budget-s", type=float,
@@ -71,27 +73,30 @@ def main(argv: list[str] | None = None) -> int:
     say(f"results folder: {out}")
 
     status = 0
-    benches = [s for s in suites if s in BENCH_SUITES]
-    if benches:
-        status |= _run_benchmarks(benches, size, m.device, results, out, args, budget, say)
     if "static" in suites:
         status |= _run_static(out, say)
         results.notes.append("Static report of the compiled kernels: static_sm90.md.")
-    written = results.write(out, plots=not args.no_plots and bool(benches))
-    say("")
-    say((out / "results.md").read_text())
-    say("wrote: " + ", ".join(p.name for p in written))
+    benches = [s for s in suites if s in BENCH_SUITES]
+    if benches:
+        status |= _run_benchmarks(benches, size, m.device, results, out, args, budget, say)
+        written = results.write(out, plots=not args.no_plots)
+        say("")
+        say((out / "results.md").read_text())
+        say("wrote: " + ", ".join(p.name for p in written))
     return status
 
 
 def _run_benchmarks(benches, size, device, results, out, args, budget, say) -> int:
     from . import runner
+    from .case import Case
     from .suites import SUITES
 
     items = []
     for name in benches:
         items += SUITES[name].cases(device, size)
-    need_matmul = any(getattr(c, "bound", "") == "compute" for c in items)
+    if args.provider:
+        items = [c for c in items if not isinstance(c, Case) or c.provider in args.provider]
+    need_matmul = any(isinstance(c, Case) and c.bound == "compute" for c in items)
     runner.measure_ceilings(results, need_matmul, args.rep_ms, say)
     runner.run(items, results, out, args.rep_ms, budget, say)
     failed = [s for s in results.skipped if s["reason"].startswith("failed")]
@@ -107,10 +112,11 @@ def _run_static(out: Path, say) -> int:
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "bench.static", "--out", str(out)],
                           cwd=machine_info.REPO, env=env, capture_output=True, text=True)
+    say(proc.stdout)
+    if proc.returncode != 0:
+        say(proc.stderr[-3000:])
     say(f"static report: exit {proc.returncode} after {time.monotonic() - started:.0f} s "
         f"-> {out / 'static_sm90.md'}")
-    if proc.returncode != 0:
-        say(proc.stdout[-3000:] + proc.stderr[-3000:])
     return 0 if proc.returncode == 0 else 1
 
 
