@@ -69,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         say("No GPU: the Triton kernels cannot run here, so this run times fastgd's PyTorch path "
             "beside torch on the CPU at small sizes (no GPU figures), and writes the static report "
             "of the compiled kernels.")
-        results.notes.append("No GPU in this run: CPU figures only.")
+        import torch
+
+        results.notes.append(
+            f"No GPU in this run: CPU figures only ({os.cpu_count()} cores, torch using "
+            f"{torch.get_num_threads()} threads; CPU times move with whatever else the machine "
+            f"is running).")
     say(f"results folder: {out}")
 
     status = 0

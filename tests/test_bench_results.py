@@ -1,0 +1,120 @@
+"""The benchmark machinery that turns times into the numbers a user reads: percentiles, derived
+rates, the long-form CSV/JSON, the markdown table and the plots. Fabricated timings with known
+answers; nothing here times a kernel."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from bench import timing
+from bench.case import Case
+from bench.machine import Machine
+from bench.results import Ceilings, Measurement, ResultSet, case_rows, read_csv, write_csv
+
+CPU = Machine("cpu", "none", "2.x", "3.x", "3.12", "abc1234", "2026-11-28T00:00:00Z")
+GPU = Machine("cuda", "NVIDIA H200", "2.x", "3.x", "3.12", "abc1234", "2026-11-28T00:00:00Z")
+
+
+def make_case(provider="fastgd", bound="memory", kernel="cross_entropy", shape="N=4 V=8"):
+    return Case(kernel=kernel, provider=provider, mode="fwd", dtype="bf16", device="cuda",
+                shape=shape, x=32, x_label="logits (N*V)", nbytes=10 ** 9,
+                flops=2 * 10 ** 12 if bound == "compute" else 0, bound=bound, build=lambda: None)
+
+
+def by_metric(rows):
+    return {r.metric: r for r in rows}
+
+
+def test_quantiles_match_numpy():
+    samples = list(np.random.default_rng(0).exponential(1.0, size=37))
+    got = timing.quantiles_of(samples)
+    want = np.percentile(samples, [20, 50, 80])
+    assert got == pytest.approx(tuple(want))
+    assert timing.quantiles_of([3.0]) == (3.0, 3.0, 3.0)
+    with pytest.raises(ValueError):
+        timing.quantiles_of([])
+
+
+def test_rotation_covers_twice_the_l2_for_small_inputs_only():
+    l2 = 60 << 20
+    assert timing.rotation_sets(10 << 20, l2) == 12  # ceil(120 / 10)
+    assert timing.rotation_sets(1 << 10, l2) == timing.MAX_ROTATION
+    assert timing.rotation_sets(l2, l2) == 1
+    assert timing.rotation_sets(1 << 10, 0) == 1  # CPU: no L2 figure, no rotation
+
+
+def test_cpu_timer_measures_what_it_times():
+    t = timing.time_calls(lambda: time.sleep(0.002), "cpu", rep_ms=1.0)
+    assert 2.0 <= t.p20 <= t.p50 <= t.p80 < 200.0
+    host = timing.host_time_per_call(lambda: sum(range(20000)), "cpu", calls=5)
+    assert 0 < host.p50 < 1000
+
+
+def test_memory_bound_rows_derive_bandwidth_from_the_time():
+    m = Measurement(time=timing.Timing(1.0, 2.0, 4.0), peak_bytes=3 << 20)
+    rows = by_metric(case_rows(make_case(), m, Ceilings(copy_gbps=1000.0), GPU))
+    assert set(rows) == {"time", "bandwidth", "copy_pct", "peak_memory"}
+    assert (rows["time"].p20, rows["time"].p50, rows["time"].p80) == (1.0, 2.0, 4.0)
+    # 1 GB in 2 ms = 500 GB/s; the rate's p20 comes from the slow (p80) time
+    bw = rows["bandwidth"]
+    assert (bw.p20, bw.p50, bw.p80) == pytest.approx((250.0, 500.0, 1000.0))
+    assert rows["copy_pct"].p50 == pytest.approx(50.0)
+    assert rows["peak_memory"].p50 == pytest.approx(3.0)
+    assert bw.unit == "GB/s" and bw.gpu == "NVIDIA H200" and bw.bytes == 10 ** 9
+
+
+def test_compute_bound_rows_use_flops_and_no_bandwidth():
+    m = Measurement(time=timing.Timing(2.0, 2.0, 2.0), host_time=timing.Timing(0.1, 0.2, 0.3))
+    rows = by_metric(case_rows(make_case(bound="compute"), m,
+                               Ceilings(copy_gbps=1000.0, matmul_tflops=800.0), GPU))
+    assert set(rows) == {"time", "tflops", "matmul_pct", "host_time"}
+    assert rows["tflops"].p50 == pytest.approx(1000.0)  # 2e12 FLOP in 2 ms
+    assert rows["matmul_pct"].p50 == pytest.approx(125.0)
+    assert rows["host_time"].p50 == 0.2
+
+
+def test_csv_round_trip(tmp_path):
+    m = Measurement(time=timing.Timing(1.0, 2.0, 4.0))
+    rows = case_rows(make_case(), m, Ceilings(copy_gbps=800.0), GPU)
+    write_csv(rows, tmp_path / "r.csv")
+    assert read_csv(tmp_path / "r.csv") == rows
+
+
+def _two_providers(machine) -> ResultSet:
+    results = ResultSet(machine=machine, command="python -m bench --quick", size="quick",
+                        ceilings=Ceilings(copy_gbps=1000.0))
+    for provider, ms in (("torch", 3.0), ("fastgd", 1.5)):
+        m = Measurement(time=timing.Timing(ms, ms, ms))
+        results.rows += case_rows(make_case(provider), m, results.ceilings, machine)
+    results.skipped.append({"name": "cross_entropy: liger", "reason": "not installed"})
+    return results
+
+
+def test_written_folder_has_json_csv_and_a_readable_table(tmp_path):
+    _two_providers(GPU).write(tmp_path, plots=False)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["machine"]["gpu"] == "NVIDIA H200" and data["ceilings"]["copy_gbps"] == 1000.0
+    assert {(r["provider"], r["metric"]) for r in data["rows"]} == {
+        (p, m) for p in ("torch", "fastgd") for m in ("time", "bandwidth", "copy_pct")}
+    assert len(read_csv(tmp_path / "results.csv")) == 6
+    table = (tmp_path / "results.md").read_text()
+    assert "## cross_entropy · fwd" in table
+    assert "| bf16 | N=4 V=8 | 1.00 GB | fastgd | 1.50 | 1.50-1.50 | 667 | 66.7 | 2.00x |" in table
+    assert "| torch | 3.00 |" in table and "baseline" in table
+    assert "device copy 1,000 GB/s" in table
+    assert "- cross_entropy: liger: not installed" in table
+    assert "No GPU" not in table
+
+
+def test_cpu_table_says_there_is_no_gpu(tmp_path):
+    _two_providers(CPU).write(tmp_path, plots=False)
+    assert "**No GPU in this run.**" in (tmp_path / "results.md").read_text()
+
+
+def test_plots_are_png_files(tmp_path):
+    results = _two_providers(GPU)
+    written = results.write(tmp_path, plots=True)
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert [p.name for p in pngs] == ["plot_cross-entropy_fwd_bf16.png"]
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
