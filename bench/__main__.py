@@ -1,9 +1,10 @@
 """``python -m bench``: run the benchmark suites and write one results folder.
 
-    python -m bench                    # every suite, full sizes; results in bench/results/<gpu>_<date>_<commit>/
-    python -m bench --quick            # the set the one-call GPU check runs (well under 2 minutes)
+    python -m bench                    # every suite, full sizes, into bench/results/<gpu>_<date>_<commit>/
+    python -m bench --quick            # the one-call GPU check's set (budgeted to its 2 minutes)
     python -m bench --suite cross_entropy --out /tmp/ce
     python -m bench --suite static     # only the static GPU-code report (no GPU needed)
+    python -m bench --quick --out-parent "$OUT"   # into $OUT/<gpu>_<date>_<commit>/
 
 Without a GPU it says so, times fastgd's PyTorch path beside torch on the CPU at small sizes, and
 still writes the static report (what the compiler makes of each kernel for sm_90).
@@ -34,6 +35,8 @@ def parse_args(argv):
                         help="size preset (overrides --quick; tiny: seconds, for tests)")
     parser.add_argument("--out", type=Path,
                         help="results folder (default bench/results/<gpu>_<date>_<commit>)")
+    parser.add_argument("--out-parent", type=Path,
+                        help="write into DIR/<gpu>_<date>_<commit>/ (how bench/results/ is named)")
     parser.add_argument("--suite", nargs="+", choices=ALL_SUITES,
                         help="suites to run (default: all; 'static' is left out of a quick GPU "
                              "run, where the tests already compiled every kernel)")
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     size = args.size or ("quick" if args.quick else "full")
     m = machine_info.current()
-    out = args.out or machine_info.REPO / "bench" / "results" / m.slug()
+    out = args.out or (args.out_parent or machine_info.REPO / "bench" / "results") / m.slug()
     suites = args.suite or [s for s in ALL_SUITES
                             if not (s == "static" and m.has_gpu and size == "quick")]
     budget = args.budget_s
@@ -104,7 +107,9 @@ def _run_benchmarks(benches, size, device, results, out, args, budget, say) -> i
     need_matmul = any(isinstance(c, Case) and c.bound == "compute" for c in items)
     runner.measure_ceilings(results, need_matmul, args.rep_ms, say)
     runner.run(items, results, out, args.rep_ms, budget, say)
-    failed = [s for s in results.skipped if s["reason"].startswith("failed")]
+    # fastgd failing is ours to fix; a baseline that fails here is reported, not an error
+    failed = [s for s in results.skipped
+              if s["reason"].startswith("failed") and s["name"].endswith("|fastgd]")]
     return 1 if failed else 0
 
 

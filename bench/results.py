@@ -68,6 +68,7 @@ class Measurement:
     time: timing.Timing
     peak_bytes: Optional[int] = None
     host_time: Optional[timing.Timing] = None
+    first_call_s: float = 0.0  # wall time of the untimed first call (compilation, lazy state)
 
 
 def case_rows(case: Case, m: Measurement, ceilings: Ceilings, machine: Machine) -> list[Row]:

@@ -20,6 +20,7 @@ from . import traffic
 QUANTILES = (0.2, 0.5, 0.8)
 MIN_SAMPLES = 10
 MAX_ROTATION = 16  # input sets; do_bench also flushes L2 before each timed call
+FLUSH_MARGIN_MS = 0.5
 
 
 class Timing(NamedTuple):
@@ -51,8 +52,9 @@ def _time_cuda(fn, rep_ms: float) -> Timing:
     end.record()
     torch.cuda.synchronize()
     estimate = max(start.elapsed_time(end), 1e-3)
-    # do_bench sizes its loop from `rep` milliseconds: slow cases still get MIN_SAMPLES calls.
-    rep = max(rep_ms, MIN_SAMPLES * estimate)
+    # do_bench sizes its loop from `rep` milliseconds of calls *and* L2 flushes (zeroing 256 MB,
+    # well under FLUSH_MARGIN_MS on current GPUs): slow and tiny cases alike get MIN_SAMPLES.
+    rep = max(rep_ms, MIN_SAMPLES * (estimate + FLUSH_MARGIN_MS))
     warmup = min(25.0, rep / 4)
     return Timing(*do_bench(fn, warmup=warmup, rep=rep, quantiles=list(QUANTILES)))
 

@@ -118,3 +118,16 @@ def test_plots_are_png_files(tmp_path):
     pngs = [p for p in written if p.suffix == ".png"]
     assert [p.name for p in pngs] == ["plot_cross-entropy_fwd_bf16.png"]
     assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_section_comes_from_gpu_results_only(tmp_path):
+    from bench import readme
+
+    assert "No GPU figures yet" in readme.render([])
+    _two_providers(CPU).write(tmp_path / "cpu_run", plots=False)
+    assert readme.gpu_folders(tmp_path) == []
+    _two_providers(GPU).write(tmp_path / "gpu_run", plots=False)
+    assert readme.gpu_folders(tmp_path) == [tmp_path / "gpu_run"]
+    text = readme.render([tmp_path / "gpu_run"])
+    assert "NVIDIA H200, commit abc1234" in text and "`python -m bench --quick`" in text
+    assert "| cross_entropy | fwd | bf16 | N=4 V=8 | 1.50 | torch | 3.00 | 2.00x | 66.7 |" in text

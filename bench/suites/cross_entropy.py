@@ -52,8 +52,21 @@ def cases(device: str, size: str) -> list:
         for n_rows, n_classes in shapes:
             for mode in traffic.CE_MODES:
                 for provider in providers:
+                    if provider == "torch.compile" and not compiled_mode(size, mode):
+                        continue
                     out.append(make_case(provider, mode, dtype, n_rows, n_classes, device))
+    if size == "quick" and "torch.compile" in providers:
+        out.append(Skipped(f"{KERNEL}: torch.compile fwd, bwd", QUICK_COMPILE_NOTE))
     return out
+
+
+QUICK_COMPILE_NOTE = ("the quick set compiles for fwd+bwd only (each compilation takes tens of "
+                      "seconds); the full set has every mode")
+
+
+def compiled_mode(size: str, mode: str) -> bool:
+    """Whether torch.compile is measured for ``mode`` in this preset."""
+    return size != "quick" or mode == "fwd+bwd"
 
 
 def make_case(provider: str, mode: str, dtype: str, n_rows: int, n_classes: int,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .. import machine, traffic
 from ..case import Case, Skipped, Unavailable, clear_grads, rotating
+from .cross_entropy import QUICK_COMPILE_NOTE, compiled_mode
 
 KERNEL = "linear_cross_entropy"
 BASELINE = "torch"
@@ -53,7 +54,11 @@ def cases(device: str, size: str) -> list:
     for n_rows, hidden, n_classes in SHAPES[preset]:
         for mode in MODES:
             for provider in providers:
+                if provider == "torch.compile" and not compiled_mode(size, mode):
+                    continue
                 out.append(make_case(provider, mode, dtype, n_rows, hidden, n_classes, device))
+    if size == "quick" and "torch.compile" in providers:
+        out.append(Skipped(f"{KERNEL}: torch.compile fwd", QUICK_COMPILE_NOTE))
     return out
 
 
