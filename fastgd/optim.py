@@ -39,6 +39,8 @@ class Adam(torch.optim.Optimizer):
 
     # GradScaler then hands step() its scale and found_inf instead of unscaling the gradients.
     _step_supports_amp_scaling = True
+    # The clipping norm of the last step (not a setting: not part of state_dict or pickles).
+    grad_norm: Optional[Tensor] = None
 
     def __init__(
         self,
