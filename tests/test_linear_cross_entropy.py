@@ -63,7 +63,8 @@ OPTION_REDUCTIONS = [(o, r) for o in OPTIONS for r in ("mean", "none")
                      if not (o == "num_items" and r == "none")]
 
 
-@pytest.mark.parametrize("option,reduction", OPTION_REDUCTIONS, ids="-".join)
+@pytest.mark.parametrize("option,reduction", OPTION_REDUCTIONS,
+                         ids=[f"{o}-{r}" for o, r in OPTION_REDUCTIONS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_options_match_materialised(dtype, option, reduction, device):
     hidden, weight, bias, target, class_weight = make_inputs(21, 16, 300, dtype, device, seed=2)
