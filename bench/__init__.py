@@ -10,6 +10,8 @@ Two ways in:
   kernel; ``python -m bench.static`` alone).
 * ``pytest bench/`` times the same cases with pytest-benchmark (``--benchmark-json``,
   ``pytest-benchmark compare``).
+* ``python -m bench.readme`` prints the README's results section from the GPU results committed
+  under ``bench/results/`` (or says there are none).
 
 Layout: :mod:`bench.machine` (what we run on), :mod:`bench.traffic` (bytes and FLOPs each case
 must move), :mod:`bench.timing` (CUDA events through ``triton.testing.do_bench``, a CPU timer,

@@ -102,7 +102,7 @@ def summary(case: Case, m: Measurement, rows) -> str:
         if metric in by_metric:
             parts.append(f"{format_number(by_metric[metric].p50)} {unit}")
     if m.first_call_s > 1.0:
-        parts.append(f"(first call {m.first_call_s:.1f} s: compilation)")
+        parts.append(f"(first call {m.first_call_s:.1f} s: compilation, set-up)")
     return "  ".join(parts)
 
 
