@@ -26,6 +26,7 @@ from torch import Tensor
 from . import backend, optim_launch, optim_torch
 
 _EXTRA_DEFAULTS = {"max_grad_norm": None}
+_KERNEL_DTYPES = optim_launch.KERNEL_DTYPES + (torch.complex64, torch.complex128)  # as real views
 
 
 class Adam(torch.optim.Optimizer):
@@ -241,9 +242,11 @@ def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[T
     kernels where the backend runs them, torch's Adam elsewhere. Returns the clipping norm."""
     kernel_works: dict[tuple, list] = defaultdict(list)  # (device, dtype) -> [Work]
     torch_entries: dict[tuple, list] = defaultdict(list)  # (device, group) -> entries
+    on_kernels: dict = {}  # device -> whether the kernels run there (asked once per device)
     for index, p, grad, state in entries:
-        if backend.uses_kernels(p) and p.dtype in optim_launch.KERNEL_DTYPES + (
-                torch.complex64, torch.complex128):
+        if p.device not in on_kernels:
+            on_kernels[p.device] = backend.uses_kernels(p)
+        if on_kernels[p.device] and p.dtype in _KERNEL_DTYPES:
             work = optim_launch.make_work(p, grad, state, index, param_groups[index]["amsgrad"])
             kernel_works[(p.device, work.param.dtype)].append(work)
         else:

@@ -18,6 +18,7 @@ import dataclasses
 import struct
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,14 +52,20 @@ class Work:
 class Bucket:
     """The tables of one launch (tensors of one device and dtype)."""
 
-    signature: tuple
+    layout: tuple  # per tensor: addresses of param and states, numel, group -- all but the grad
+    grads: tuple  # per tensor: the gradient's address
     tensor_table: Tensor
     block_table: Tensor
     counters: Tensor
-    n_blocks: int
+    first_blocks: list
+    block_counts: list
     aligned: bool
     groups: frozenset
     keep: list  # pinned host copies of the tables: alive as long as the tables are
+
+    @property
+    def n_blocks(self) -> int:
+        return self.first_blocks[-1] + self.block_counts[-1]
 
 
 def make_work(param: Tensor, grad: Tensor, state: dict, group: int, amsgrad: bool) -> Work:
@@ -75,10 +82,6 @@ def make_work(param: Tensor, grad: Tensor, state: dict, group: int, amsgrad: boo
         writeback, p = p, p.contiguous()  # its states were created contiguous: zeros_like rule
     if g.stride() != p.stride():
         g = torch.empty_like(p).copy_(g)
-    for s in (m, v, v_max):
-        if s is not None and s.stride() != p.stride():
-            raise RuntimeError("fastgd optimizer state has a layout other than its parameter's; "
-                               "it was replaced outside load_state_dict")
     return Work(p, g, m, v, v_max, state["step"], group, writeback)
 
 
@@ -95,31 +98,54 @@ def _dense(t: Tensor) -> bool:
 
 
 def prepare_bucket(works: list[Work], previous: Optional[Bucket]) -> Bucket:
-    """The tables of one launch; ``previous``'s when no address, size or group changed."""
-    signature = tuple(
-        (w.param.data_ptr(), w.grad.data_ptr(), w.exp_avg.data_ptr(), w.exp_avg_sq.data_ptr(),
+    """The tables of one launch: ``previous``'s when no address, size or group changed; only a
+    new tensor table when just gradient addresses did (the usual change between steps)."""
+    layout = tuple(
+        (w.param.data_ptr(), w.exp_avg.data_ptr(), w.exp_avg_sq.data_ptr(),
          w.max_exp_avg_sq.data_ptr() if w.max_exp_avg_sq is not None else 0,
          w.step.data_ptr(), w.param.numel(), w.group)
         for w in works
     )
-    if previous is not None and previous.signature == signature:
-        return previous
+    grads = tuple(w.grad.data_ptr() for w in works)
     like = works[0].param
+    if previous is not None and previous.layout == layout:
+        if previous.grads == grads:
+            return previous
+        keep: list = []
+        table = _upload(_tensor_rows(layout, grads, previous), torch.int64, like, keep)
+        return dataclasses.replace(previous, grads=grads, tensor_table=table,
+                                   aligned=_aligned(layout, grads), keep=keep)
+
+    for w in works:
+        for s in (w.exp_avg, w.exp_avg_sq, w.max_exp_avg_sq):
+            if s is not None and s.stride() != w.param.stride():
+                raise RuntimeError("fastgd optimizer state has a layout other than its "
+                                   "parameter's; it was replaced outside load_state_dict")
     block, _ = adam_launch(like.dtype)
-    rows, counts = [], []
-    for p, g, m, v, v_max, step, numel, group in signature:
-        n_blocks = max(1, -(-numel // block))  # an empty tensor still has a step to count
-        rows += [p, g, m, v, v_max, step, numel, sum(counts), n_blocks, group]
-        counts.append(n_blocks)
-    keep: list = []
-    tensor_table = _upload(rows, torch.int64, like, keep)
-    block_map = torch.repeat_interleave(torch.arange(len(works), dtype=torch.int32),
-                                        torch.tensor(counts))
-    block_table = _upload(block_map, torch.int32, like, keep)
-    aligned = all(ptr % 16 == 0 for row in signature for ptr in row[:5])
-    return Bucket(signature, tensor_table, block_table,
-                  torch.zeros(len(works), dtype=torch.int32, device=like.device),
-                  sum(counts), aligned, frozenset(w.group for w in works), keep)
+    counts = [max(1, -(-numel // block)) for *_, numel, _ in layout]  # empty: still 1 (its step)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    keep = []
+    bucket = Bucket(layout, grads, None, None,
+                    torch.zeros(len(works), dtype=torch.int32, device=like.device),
+                    firsts, counts, _aligned(layout, grads), frozenset(w.group for w in works),
+                    keep)
+    bucket.tensor_table = _upload(_tensor_rows(layout, grads, bucket), torch.int64, like, keep)
+    block_map = np.repeat(np.arange(len(works), dtype=np.int32), counts)
+    bucket.block_table = _upload(torch.from_numpy(block_map), torch.int32, like, keep)
+    return bucket
+
+
+def _tensor_rows(layout: tuple, grads: tuple, bucket: Bucket) -> list[int]:
+    rows = []
+    for (p, m, v, v_max, step, numel, group), g, first, count in zip(
+            layout, grads, bucket.first_blocks, bucket.block_counts):
+        rows += [p, g, m, v, v_max, step, numel, first, count, group]
+    return rows
+
+
+def _aligned(layout: tuple, grads: tuple) -> bool:
+    """Every address 16-byte aligned: the kernel may then use 128-bit accesses."""
+    return all(a % 16 == 0 for row in layout for a in row[:4]) and all(g % 16 == 0 for g in grads)
 
 
 def group_table(param_groups: list[dict], like: Tensor, previous: Optional[tuple]) -> tuple:

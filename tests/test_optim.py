@@ -334,6 +334,42 @@ def test_grad_scaler_skips_inf_step_then_matches_torch(device):
         _assert_state_same(ours, ref, torch.float32, f"step {step}: ")
 
 
+def test_grad_scaler_after_explicit_unscale_and_manual_clipping(device):
+    """scaler.unscale_(opt) first (the user clips by hand): step() then gets no scale, only
+    found_inf, and must not unscale a second time."""
+    ours_m, ref_m = _mlp(device), _mlp(device)
+    ours = fastgd.AdamW(ours_m.parameters(), lr=1e-2)
+    ref = torch.optim.AdamW(ref_m.parameters(), lr=1e-2, foreach=False)
+    scalers = [torch.amp.GradScaler(device, init_scale=2.0 ** 8) for _ in range(2)]
+    for step in range(4):
+        for model, opt, scaler in ((ours_m, ours, scalers[0]), (ref_m, ref, scalers[1])):
+            opt.zero_grad()
+            scaler.scale(_loss(model, step, device)).backward()
+            if step == 1:
+                model[4].bias.grad[0] = float("inf")
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.2)
+            scaler.step(opt)
+            scaler.update()
+    assert ours.state[ours_m[0].weight]["step"].item() == 3
+    _assert_state_same(ours, ref, torch.float32)
+
+
+def test_tensor_betas_and_float64_tensor_lr(device):
+    """lr and betas as 0-dim tensors of either float dtype are read by the kernel."""
+    ours_p = _leaves([(37,)], torch.float32, device, seed=10)
+    ref_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    hyper = dict(lr=torch.tensor(0.03, dtype=torch.float64, device=device),
+                 betas=(torch.tensor(0.85, device=device), torch.tensor(0.99, device=device)))
+    ours = fastgd.Adam(ours_p, **hyper)
+    ref = torch.optim.Adam(ref_p, **hyper, foreach=False)
+    for step in range(5):
+        _set_grads([ours_p, ref_p], step)
+        ours.step()
+        ref.step()
+    _assert_state_same(ours, ref, torch.float32)
+
+
 def test_found_inf_keyword_leaves_everything_unchanged(device):
     params = _leaves([(5,), (BLOCK + 9,)], torch.float32, device, seed=4)
     opt = fastgd.Adam(params, lr=0.1, amsgrad=True, max_grad_norm=1.0)
