@@ -73,21 +73,9 @@ def cross_entropy(
         logits, flat_target, weight, int(ignore_index), float(label_smoothing),
         float(logit_scale), float(softcap) if softcap is not None else 0.0, bool(inplace_backward),
     )
-    counted = flat_target != ignore_index
-    z_term = z_loss * torch.where(counted, lse * lse, 0.0) if z_loss else None
-
+    loss = assemble_loss(ce, lse, flat_target, weight, ignore_index, reduction, z_loss, num_items)
     if reduction == "none":
-        loss = ce + z_term if z_term is not None else ce
         loss = loss.reshape(out_shape)
-    elif num_items is not None:
-        total = ce.sum() + (z_term.sum() if z_term is not None else 0.0)
-        loss = total / _as_denominator(num_items, total)
-    elif reduction == "sum":
-        loss = ce.sum() + (z_term.sum() if z_term is not None else 0.0)
-    else:
-        loss = _safe_divide(ce.sum(), _counted_weight(flat_target, counted, weight, ce.dtype))
-        if z_term is not None:
-            loss = loss + _safe_divide(z_term.sum(), counted.sum().to(ce.dtype))
     if return_lse:
         return loss, lse.reshape(out_shape)
     return loss
@@ -133,6 +121,24 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
                 f"softcap={self.softcap}, logit_scale={self.logit_scale}")
+
+
+def assemble_loss(ce, lse, target, weight, ignore_index, reduction, z_loss, num_items) -> Tensor:
+    """The loss from per-row ``ce`` and ``lse`` (see the module docstring for the formulas);
+    shared by every loss of fastgd built on the per-row ops. Plain torch ops on N-vectors."""
+    counted = target != ignore_index
+    z_term = z_loss * torch.where(counted, lse * lse, 0.0) if z_loss else None
+    if reduction == "none":
+        return ce + z_term if z_term is not None else ce
+    total = ce.sum() + (z_term.sum() if z_term is not None else 0.0)
+    if num_items is not None:
+        return total / _as_denominator(num_items, total)
+    if reduction == "sum":
+        return total
+    loss = _safe_divide(ce.sum(), _counted_weight(target, counted, weight, ce.dtype))
+    if z_term is not None:
+        loss = loss + _safe_divide(z_term.sum(), counted.sum().to(ce.dtype))
+    return loss
 
 
 # --------------------------------------------------------------------------- helpers

@@ -19,13 +19,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .cross_entropy import (
-    _as_denominator,
-    _check_options,
-    _check_weight,
-    _counted_weight,
-    _safe_divide,
-)
+from .cross_entropy import _check_options, _check_weight, assemble_loss
 from .linear_cross_entropy_ops import linear_cross_entropy_rows
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -75,7 +69,7 @@ def linear_cross_entropy(
         rows, weight, bias, flat_target, class_weight, int(ignore_index), float(label_smoothing),
         float(logit_scale), float(softcap) if softcap is not None else 0.0, int(chunk_size or 0),
     )
-    loss = _assemble_loss(ce, lse, flat_target, class_weight, ignore_index, reduction, z_loss,
+    loss = assemble_loss(ce, lse, flat_target, class_weight, ignore_index, reduction, z_loss,
                           num_items)
     if reduction == "none":
         loss = loss.reshape(out_shape)
@@ -131,24 +125,6 @@ class LinearCrossEntropyLoss(nn.Module):
 
 
 # --------------------------------------------------------------------------- helpers
-def _assemble_loss(ce, lse, target, class_weight, ignore_index, reduction, z_loss, num_items):
-    """The loss from per-row ``ce``/``lse``: the same formulas, in the same order of operations,
-    as the body of :func:`fastgd.cross_entropy` (see its module docstring)."""
-    counted = target != ignore_index
-    z_term = z_loss * torch.where(counted, lse * lse, 0.0) if z_loss else None
-    if reduction == "none":
-        return ce + z_term if z_term is not None else ce
-    total = ce.sum() + (z_term.sum() if z_term is not None else 0.0)
-    if num_items is not None:
-        return total / _as_denominator(num_items, total)
-    if reduction == "sum":
-        return total
-    loss = _safe_divide(ce.sum(), _counted_weight(target, counted, class_weight, ce.dtype))
-    if z_term is not None:
-        loss = loss + _safe_divide(z_term.sum(), counted.sum().to(ce.dtype))
-    return loss
-
-
 def _check_tensor(value, name: str, what: str) -> None:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor ({what}), got {type(value).__name__}")
