@@ -1,6 +1,7 @@
 """``python -m bench``: run the benchmark suites and write one results folder.
 
     python -m bench                    # every suite, full sizes, into bench/results/<gpu>_<date>_<commit>/
+                                       # (bench/out/cpu_<date>_<commit>/ without a GPU)
     python -m bench --quick            # the one-call GPU check's set (budgeted to its 2 minutes)
     python -m bench --suite cross_entropy --out /tmp/ce
     python -m bench --suite static     # only the static GPU-code report (no GPU needed)
@@ -28,14 +29,17 @@ QUICK_GPU_BUDGET_S = 95.0  # the one-call check gives `--quick` 120 s, start-up 
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run fastgd's benchmark suites and write one results folder.")
     parser.add_argument("--quick", action="store_true",
                         help="the small set: one shape per suite (the one-call GPU check)")
     parser.add_argument("--size", choices=("full", "quick", "tiny"),
                         help="size preset (overrides --quick; tiny: seconds, for tests)")
-    parser.add_argument("--out", type=Path,
-                        help="results folder (default bench/results/<gpu>_<date>_<commit>)")
-    parser.add_argument("--out-parent", type=Path,
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="results folder (default: bench/results/<gpu>_<date>_<commit>/ on a "
+                             "GPU, bench/out/cpu_<date>_<commit>/ without one)")
+    parser.add_argument("--out-parent", type=Path, metavar="DIR",
                         help="write into DIR/<gpu>_<date>_<commit>/ (how bench/results/ is named)")
     parser.add_argument("--suite", nargs="+", choices=ALL_SUITES,
                         help="suites to run (default: all; 'static' is left out of a quick GPU "
@@ -55,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     size = args.size or ("quick" if args.quick else "full")
     m = machine_info.current()
-    out = args.out or (args.out_parent or machine_info.REPO / "bench" / "results") / m.slug()
+    # GPU runs land where results are committed; CPU runs in the git-ignored bench/out/
+    default_parent = machine_info.REPO / "bench" / ("results" if m.has_gpu else "out")
+    out = args.out or (args.out_parent or default_parent) / m.slug()
     suites = args.suite or [s for s in ALL_SUITES
                             if not (s == "static" and m.has_gpu and size == "quick")]
     budget = args.budget_s
