@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fastgd.demo import cli, data
+from tolerances import TRAINING_CURVE_ATOL
 
 TINY = ["--context", "16", "--layers", "1", "--dim", "32", "--heads", "2", "--batch-size", "2",
         "--steps", "4", "--warmup", "1", "--eval-every", "2", "--eval-sequences", "4",
@@ -94,8 +95,9 @@ def test_compare_run_writes_metrics_plot_and_sample(capsys, tmp_path, toy_folder
     assert status == 0, out
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == ["fastgd"] * 4 + ["torch"] * 4
-    assert sum(1 for r in rows if r["val_loss"]) == 4  # steps 2 and 4 of each run
+    assert [(r["run"], r["step"]) for r in rows] == [
+        (run, str(step)) for run in ("fastgd", "torch") for step in range(5)]
+    assert sum(1 for r in rows if r["val_loss"]) == 6  # steps 0, 2 and 4 of each run
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("fastgd/best.pt", "fastgd/last.pt", "torch/best.pt", "torch/last.pt"):
         assert (tmp_path / name).is_file(), name
@@ -145,3 +147,38 @@ def test_single_file_holds_out_its_last_tenth(tmp_path):
     corpus = data.load_corpus(str(tmp_path / "one.txt"))
     joined = bytes(corpus.train.tolist()) + bytes(corpus.val.tolist())
     assert joined == text.encode() and corpus.val.numel() == len(text) // 10
+
+
+def test_ctrl_c_in_compare_then_resume_finishes_both_runs(capsys, monkeypatch, tmp_path,
+                                                          toy_folder):
+    """Ctrl-C during the fastgd run: exit 130 and a checkpoint; ``--resume`` then finishes the
+    fastgd run and runs the torch run it never started."""
+    import signal
+
+    from fastgd.demo import app
+    from fastgd.demo.report import Silent
+
+    class CtrlCAtStep3(Silent):
+        steps = 0
+
+        def advance(self):
+            CtrlCAtStep3.steps += 1
+            if CtrlCAtStep3.steps == 3:
+                signal.raise_signal(signal.SIGINT)
+
+    argv = ["--data", toy_folder, "--out", str(tmp_path), "--compare", "--backend", "torch",
+            "--sample-bytes", "0", *TINY]
+    monkeypatch.setattr(app, "make_reporter", lambda *a: CtrlCAtStep3())
+    assert cli.main(argv) == 130
+    assert "--resume" in capsys.readouterr().out
+    assert not (tmp_path / "torch").exists()
+    assert torch.load(tmp_path / "fastgd" / "last.pt", weights_only=False)["step"] == 3
+
+    monkeypatch.undo()
+    assert cli.main([*argv, "--resume"]) == 0
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    fast = [float(r["train_loss"]) for r in rows if r["run"] == "fastgd" and r["train_loss"]]
+    ref = [float(r["train_loss"]) for r in rows if r["run"] == "torch" and r["train_loss"]]
+    assert len(fast) == len(ref) == 4
+    assert max(abs(a - b) for a, b in zip(fast, ref)) <= TRAINING_CURVE_ATOL[torch.float32]

@@ -9,12 +9,12 @@ import torch
 import fastgd
 
 from . import data, recipe
-from .config import Config, ConfigError
+from .config import Config, ConfigError, with_overrides
 from .metrics import write_csv
 from .model import generate
 from .plot import save_plot
 from .report import comparison_lines, make_reporter, summary_table
-from .train import StopRequest, resolve_device, train
+from .train import StopRequest, resolve_device, run_dir, train
 
 
 def run(cfg: Config, quiet: bool = False) -> int:
@@ -33,11 +33,13 @@ def run(cfg: Config, quiet: bool = False) -> int:
 
     reporter = make_reporter(cfg.progress, quiet)
     stacks = ["fastgd", "torch"] if cfg.compare else ["fastgd"]
+    resumable = _resumable(cfg, stacks)
     results = []
     stop = StopRequest()
     with stop.catching_ctrl_c():
         for stack in stacks:
-            results.append(train(cfg, stack, corpus, device, reporter, stop))
+            run_cfg = with_overrides(cfg, resume=stack in resumable)
+            results.append(train(run_cfg, stack, corpus, device, reporter, stop))
             if results[-1].interrupted:
                 break
 
@@ -60,6 +62,18 @@ def run(cfg: Config, quiet: bool = False) -> int:
             "(the first line of held-out text as the prompt) ---")
         say(_sample(results[0].model, corpus, cfg))
     return 0
+
+
+def _resumable(cfg: Config, stacks: list[str]) -> set[str]:
+    """With --resume, the runs that have a checkpoint: an interrupted --compare may not have
+    started its torch run yet, which then starts from scratch."""
+    if not cfg.resume:
+        return set()
+    found = {s for s in stacks if (run_dir(cfg, s) / "last.pt").is_file()}
+    if not found:
+        raise ConfigError(f"--resume: no checkpoint in {cfg.out}/{{{','.join(stacks)}}}/last.pt;"
+                          f" run once without --resume first (or pass that run's --out)")
+    return found
 
 
 def _device(cfg: Config) -> torch.device:

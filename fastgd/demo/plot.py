@@ -37,7 +37,6 @@ def save_plot(path: Path, trackers, title: str) -> Optional[str]:
     loss_ax.legend()
     lr_ax.set(xlabel="optimizer step", ylabel="learning rate", title="warmup + cosine schedule")
     lr_ax.grid(alpha=0.3)
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

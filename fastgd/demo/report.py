@@ -29,8 +29,8 @@ class Reporter:
 
     def evaluated(self, row: Row, is_best: bool) -> None:
         mark = "  (best so far, saved)" if is_best else ""
-        self.say(f"[{self.run}] step {row.step:5d}  train {row.train_loss:.4f}  "
-                 f"val {row.val_loss:.4f}{mark}")
+        train = "" if math.isnan(row.train_loss) else f"  train {row.train_loss:.4f}"
+        self.say(f"[{self.run}] step {row.step:5d}{train}  val {row.val_loss:.4f}{mark}")
 
     def close(self) -> None:
         pass

@@ -66,114 +66,150 @@ def run_dir(cfg: Config, stack: str) -> Path:
 
 def train(cfg: Config, stack: str, corpus: data.Corpus, device: torch.device,
           reporter, stop: Optional[StopRequest] = None) -> RunResult:
-    stop = stop or StopRequest()
+    """Train ``stack``'s run of ``cfg`` (resuming it when ``cfg.resume``); stops at
+    ``cfg.steps``, on early stopping, or at the step boundary after Ctrl-C."""
     forced = fastgd.force_backend("torch") if cfg.backend == "torch" else contextlib.nullcontext()
     with forced:
-        return _train(cfg, stack, corpus, device, reporter, stop)
+        return _Run(cfg, stack, corpus, device, reporter, stop or StopRequest()).loop()
 
 
-def _train(cfg, stack, corpus, device, reporter, stop) -> RunResult:
-    wall_start = time.perf_counter()
-    torch.manual_seed(cfg.seed)  # same initial weights and dropout masks for both stacks
-    model = TinyGPT(data.VOCAB_SIZE, cfg.context, cfg.dim, cfg.layers, cfg.heads,
-                    cfg.dropout).to(device)
-    update = recipe.make_update(stack, model, cfg.lr, cfg.weight_decay, cfg.max_grad_norm)
-    schedule = recipe.make_schedule(update.optimizer, cfg.warmup, cfg.steps)
-    loss_fn = recipe.make_loss(stack, cfg.label_smoothing, cfg.z_loss, cfg.fused_linear)
-    eval_loss_fn = recipe.make_loss(stack, 0.0, 0.0, cfg.fused_linear)
-    tracker = Tracker(stack, cfg.patience)
-    out = run_dir(cfg, stack)
-    start_step = 0
-    if not cfg.resume:  # a fresh run must not report or sample a previous run's checkpoints
+class _Run:
+    def __init__(self, cfg, stack, corpus, device, reporter, stop) -> None:
+        self.wall_start = time.perf_counter()
+        self.cfg, self.stack, self.corpus, self.device = cfg, stack, corpus, device
+        self.reporter, self.stop = reporter, stop
+        torch.manual_seed(cfg.seed)  # same initial weights and dropout masks for both stacks
+        self.model = TinyGPT(data.VOCAB_SIZE, cfg.context, cfg.dim, cfg.layers, cfg.heads,
+                             cfg.dropout).to(device)
+        self.update = recipe.make_update(stack, self.model, cfg.lr, cfg.weight_decay,
+                                         cfg.max_grad_norm)
+        self.schedule = recipe.make_schedule(self.update.optimizer, cfg.warmup, cfg.steps)
+        self.loss_fn = recipe.make_loss(stack, cfg.label_smoothing, cfg.z_loss, cfg.fused_linear)
+        # Validation measures plain cross-entropy, whatever the training loss adds.
+        self.eval_loss_fn = recipe.make_loss(stack, 0.0, 0.0, cfg.fused_linear)
+        self.tracker = Tracker(stack, cfg.patience)
+        self.out = run_dir(cfg, stack)
+        self.autocast = _autocast(cfg, device)
+        starts = data.eval_starts(corpus.val, cfg.eval_sequences, cfg.context)
+        self.val_x, self.val_y = (t.to(device) for t in data.windows(corpus.val, starts,
+                                                                      cfg.context))
+        self.step = self._resume() if cfg.resume else self._fresh()
+        self.saved_at: Optional[int] = None
+        self.train_time = self.tracker.rows[-1].elapsed_s if self.tracker.rows else 0.0
+        self.session_tokens, self.session_time = 0, 0.0
+        self.loss_sum = torch.zeros((), device=device)
+        self.steps_in_sum = 0
+
+    def _fresh(self) -> int:
+        # A fresh run must not report or sample a previous run's checkpoints.
         for name in ("best.pt", "last.pt"):
-            (out / name).unlink(missing_ok=True)
-    else:
-        state = checkpoint.load(out / "last.pt", cfg, stack)
-        model.load_state_dict(state["model"])
-        update.optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        tracker.load_state_dict(state["tracker"])
+            (self.out / name).unlink(missing_ok=True)
+        return 0
+
+    def _resume(self) -> int:
+        state = checkpoint.load(self.out / "last.pt", self.cfg, self.stack)
+        self.model.load_state_dict(state["model"])
+        self.update.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.tracker.load_state_dict(state["tracker"])
         checkpoint.restore_rng(state)
-        start_step = state["step"]
+        return state["step"]
 
-    def save(name: str, step: int) -> None:
-        checkpoint.save(out / name, cfg=cfg, stack=stack, step=step, model=model,
-                        optimizer=update.optimizer, schedule=schedule, tracker=tracker)
+    def loop(self) -> RunResult:
+        cfg, stopped_early, interrupted = self.cfg, False, False
+        _reset_peak_memory(self.device)
+        self.reporter.start(self.stack, cfg.steps, self.step)
+        if self.step == 0:  # the untrained model's loss: where the curves start
+            self._evaluate(self.tracker.log(step=0, tokens=0, elapsed_s=0.0,
+                                            lr=self.schedule.get_last_lr()[0]))
+        self.model.train()
+        tick = time.perf_counter()
+        while self.step < cfg.steps:
+            if self.tracker.should_stop:
+                stopped_early = True
+                break
+            if self.stop.requested:
+                interrupted = True
+                break
+            grad_norm = self._train_step()
+            is_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
+            is_eval = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+            if is_log or is_eval:
+                _synchronize(self.device)
+                now = time.perf_counter()
+                self.train_time += now - tick
+                self.session_time += now - tick
+                row = self._log(grad_norm)
+                if is_eval:
+                    self._evaluate(row)
+                tick = time.perf_counter()
+        if self.saved_at != self.step or interrupted:
+            self._save("last.pt")
+        self.reporter.close()
+        return self._result(stopped_early or self.tracker.should_stop, interrupted)
 
-    val_x, val_y = data.windows(corpus.val, data.eval_starts(corpus.val, cfg.eval_sequences,
-                                                             cfg.context), cfg.context)
-    val_x, val_y = val_x.to(device), val_y.to(device)
-    autocast = _autocast(cfg, device)
-    _reset_peak_memory(device)
-
-    train_time = tracker.rows[-1].elapsed_s if tracker.rows else 0.0
-    step, saved_at, stopped_early, interrupted = start_step, None, False, False
-    loss_sum = torch.zeros((), device=device)
-    steps_in_sum, session_tokens, session_train_time = 0, 0, 0.0
-    reporter.start(stack, cfg.steps, start_step)
-    model.train()
-    tick = time.perf_counter()
-    while step < cfg.steps:
-        if tracker.should_stop:
-            stopped_early = True
-            break
-        if stop.requested:
-            interrupted = True
-            break
-        x, y = data.train_batch(corpus.train, step, cfg.seed, cfg.batch_size * cfg.accum,
-                                cfg.context)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    def _train_step(self) -> Optional[torch.Tensor]:
+        """One optimizer step over ``accum`` micro-batches; returns the gradient norm."""
+        cfg = self.cfg
+        x, y = data.train_batch(self.corpus.train, self.step, cfg.seed,
+                                cfg.batch_size * cfg.accum, cfg.context)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         num_items = (y != -100).sum()  # tokens of the whole accumulated batch, on the device
         for xm, ym in zip(x.chunk(cfg.accum), y.chunk(cfg.accum)):
-            with autocast:
-                loss = loss_fn(model(xm), model.head_weight, ym, num_items)
+            with self.autocast:
+                loss = self.loss_fn(self.model(xm), self.model.head_weight, ym, num_items)
             loss.backward()
-            loss_sum += loss.detach()
-        grad_norm = update.step()
-        schedule.step()
-        step += 1
-        steps_in_sum += 1
-        session_tokens += cfg.tokens_per_step
-        reporter.advance()
+            self.loss_sum += loss.detach()
+        grad_norm = self.update.step()
+        self.schedule.step()
+        self.step += 1
+        self.steps_in_sum += 1
+        self.session_tokens += cfg.tokens_per_step
+        self.reporter.advance()
+        return grad_norm
 
-        is_log = step % cfg.log_every == 0 or step == cfg.steps
-        is_eval = step % cfg.eval_every == 0 or step == cfg.steps
-        if not (is_log or is_eval):
-            continue
-        _synchronize(device)
-        now = time.perf_counter()
-        train_time += now - tick
-        session_train_time += now - tick
-        row = tracker.log(step=step, tokens=step * cfg.tokens_per_step, elapsed_s=train_time,
-                          lr=schedule.get_last_lr()[0],
-                          train_loss=(loss_sum / steps_in_sum).item(),
-                          grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
-        loss_sum.zero_()
-        steps_in_sum = 0
-        reporter.logged(row)
-        if is_eval:
-            row.val_loss = evaluate(model, eval_loss_fn, val_x, val_y, cfg.batch_size, autocast)
-            is_best = tracker.evaluated(row.val_loss)
-            if is_best:
-                save("best.pt", step)
-            save("last.pt", step)
-            saved_at = step
-            reporter.evaluated(row, is_best)
-        tick = time.perf_counter()
+    def _log(self, grad_norm: Optional[torch.Tensor]):
+        row = self.tracker.log(
+            step=self.step, tokens=self.step * self.cfg.tokens_per_step,
+            elapsed_s=self.train_time, lr=self.schedule.get_last_lr()[0],
+            train_loss=(self.loss_sum / self.steps_in_sum).item(),
+            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
+        self.loss_sum.zero_()
+        self.steps_in_sum = 0
+        self.reporter.logged(row)
+        return row
 
-    if saved_at != step or interrupted:
-        save("last.pt", step)
-    reporter.close()
-    if (out / "best.pt").is_file():
-        model.load_state_dict(torch.load(out / "best.pt", map_location=device,
-                                         weights_only=False)["model"])
-    peak, memory_kind = _peak_memory(device)
-    return RunResult(
-        stack=stack, tracker=tracker, model=model, steps_done=step,
-        tokens_per_s=session_tokens / session_train_time if session_train_time else 0.0,
-        wall_time_s=time.perf_counter() - wall_start, peak_memory=peak, memory_kind=memory_kind,
-        backend=fastgd.backend.backend_for(val_y.new_empty(0)) if stack == "fastgd" else "torch",
-        stopped_early=stopped_early or tracker.should_stop, interrupted=interrupted)
+    def _evaluate(self, row) -> None:
+        """Validation loss into ``row``; checkpoints: ``best.pt`` on a new best, ``last.pt``."""
+        row.val_loss = evaluate(self.model, self.eval_loss_fn, self.val_x, self.val_y,
+                                self.cfg.batch_size, self.autocast)
+        is_best = self.tracker.evaluated(row.val_loss)
+        if is_best:
+            self._save("best.pt")
+        self._save("last.pt")
+        self.reporter.evaluated(row, is_best)
+
+    def _save(self, name: str) -> None:
+        checkpoint.save(self.out / name, cfg=self.cfg, stack=self.stack, step=self.step,
+                        model=self.model, optimizer=self.update.optimizer,
+                        schedule=self.schedule, tracker=self.tracker)
+        if name == "last.pt":
+            self.saved_at = self.step
+
+    def _result(self, stopped_early: bool, interrupted: bool) -> RunResult:
+        best = self.out / "best.pt"
+        if best.is_file():
+            state = torch.load(best, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+        peak, memory_kind = _peak_memory(self.device)
+        probe = self.val_y.new_empty(0)
+        return RunResult(
+            stack=self.stack, tracker=self.tracker, model=self.model, steps_done=self.step,
+            tokens_per_s=self.session_tokens / self.session_time if self.session_time else 0.0,
+            wall_time_s=time.perf_counter() - self.wall_start, peak_memory=peak,
+            memory_kind=memory_kind,
+            backend=fastgd.backend.backend_for(probe) if self.stack == "fastgd" else "torch",
+            stopped_early=stopped_early, interrupted=interrupted)
 
 
 @torch.no_grad()
