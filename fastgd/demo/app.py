@@ -13,7 +13,7 @@ from .config import Config, ConfigError, with_overrides
 from .metrics import write_csv
 from .model import generate
 from .plot import save_plot
-from .report import comparison_lines, make_reporter, summary_table
+from .report import comparison_lines, make_reporter, max_curve_gap, summary_table
 from .train import StopRequest, resolve_device, run_dir, train
 
 
@@ -45,7 +45,8 @@ def run(cfg: Config, quiet: bool = False) -> int:
 
     out = Path(cfg.out)
     write_csv(out / "metrics.csv", [r.tracker for r in results])
-    problem = save_plot(out / "demo.png", [r.tracker for r in results], _title(cfg, device))
+    problem = save_plot(out / "demo.png", [r.tracker for r in results],
+                        _title(cfg, device, results))
     say("")
     say(summary_table(results))
     if len(results) == 2:
@@ -100,10 +101,15 @@ def _setup_line(cfg: Config, device: torch.device) -> str:
             f"({cfg.batch_size} x {cfg.accum} x {cfg.context})")
 
 
-def _title(cfg: Config, device: torch.device) -> str:
+def _title(cfg: Config, device: torch.device, results) -> str:
     where = cfg.data or "Python stdlib sample"
-    return (f"{where} | {cfg.layers}x{cfg.dim} GPT, {cfg.steps} steps x {cfg.tokens_per_step} "
-            f"tokens, lr {cfg.lr:g}, seed {cfg.seed} | {device.type}, backend {cfg.backend}")
+    title = (f"{where} | {cfg.layers}x{cfg.dim} GPT, {cfg.steps} steps x {cfg.tokens_per_step} "
+             f"tokens, lr {cfg.lr:g}, seed {cfg.seed} | {device.type}, fastgd backend "
+             f"{results[0].backend}")
+    if len(results) == 2:
+        gap = max_curve_gap(results[0].tracker, results[1].tracker)
+        title += f"\nfastgd vs torch: largest difference between the logged losses {gap:.1e}"
+    return title
 
 
 def _sample(model, corpus: data.Corpus, cfg: Config) -> str:

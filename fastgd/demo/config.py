@@ -33,7 +33,7 @@ class Config:
     z_loss: float = 0.0
     fused_linear: bool = False
     # evaluation and stopping
-    eval_every: int = 100
+    eval_every: int = 50
     eval_sequences: int = 128
     patience: int = 3
     # run
