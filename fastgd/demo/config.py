@@ -53,10 +53,10 @@ class Config:
         return self.batch_size * self.accum * self.context
 
 
-# Through the interpreter every kernel program costs about a millisecond, one per token row for
-# the loss: a smaller model and batch keep the run to a few minutes.
-INTERPRETER_PRESET = dict(steps=150, batch_size=8, context=64, layers=2, dim=64, heads=4,
-                          warmup=15, eval_every=50, eval_sequences=32)
+# Through the interpreter the loss costs a few milliseconds per token (one kernel program per
+# token row, forward and backward): a smaller model, batch and run keep it to a few minutes.
+INTERPRETER_PRESET = dict(steps=60, batch_size=4, context=64, layers=2, dim=64, heads=4,
+                          warmup=6, eval_every=20, eval_sequences=16)
 
 # Options that shape the model or the data stream: a checkpoint can only be resumed with the
 # same values.

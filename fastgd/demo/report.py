@@ -153,4 +153,4 @@ def _mib(n: Optional[int]) -> str:
 def _ratio(a, b) -> str:
     if not a or not b or math.isnan(a) or math.isnan(b):
         return "n/a"
-    return f"{a / b:.2f}x"
+    return f"{a / b:.3g}x"
