@@ -8,7 +8,7 @@ import torch
 
 import fastgd
 
-from . import data, recipe
+from . import data
 from .config import Config, ConfigError, with_overrides
 from .metrics import write_csv
 from .model import generate
@@ -20,9 +20,6 @@ from .train import StopRequest, resolve_device, run_dir, train
 def run(cfg: Config, quiet: bool = False) -> int:
     """Exit status: 0 when done (early stop included), 130 when interrupted."""
     device = _device(cfg)
-    if cfg.fused_linear and not recipe.has_linear_cross_entropy():
-        raise ConfigError("--fused-linear needs fastgd.linear_cross_entropy, which this "
-                          "version of fastgd does not have")
     say = (lambda *a: None) if quiet else print
     corpus = data.load_corpus(cfg.data)
     data.check_fits(corpus, cfg.context)
@@ -94,8 +91,11 @@ def _setup_line(cfg: Config, device: torch.device) -> str:
     hint = ""
     if which == "torch" and device.type == "cpu":
         hint = " (PyTorch path; --backend interpret runs the Triton kernels interpreted)"
-    opt = "fastgd.AdamW" if recipe.has_fastgd_adamw() else "torch.optim.AdamW (fastgd.AdamW n/a)"
-    return (f"device: {device}, fastgd backend: {which}{hint}; optimizer: {opt}\n"
+    loss = "fastgd.linear_cross_entropy" if cfg.fused_linear else "fastgd.cross_entropy"
+    return (f"device: {device}, fastgd backend: {which}{hint}\n"
+            f"fastgd run: {loss} + fastgd.AdamW"
+            f"{' (clipping fused)' if cfg.max_grad_norm else ''}; --compare run: "
+            f"F.cross_entropy + torch.optim.AdamW\n"
             f"model: {cfg.layers} layers x {cfg.dim} wide, {cfg.heads} heads, context "
             f"{cfg.context}; {cfg.steps} steps x {cfg.tokens_per_step:,} tokens "
             f"({cfg.batch_size} x {cfg.accum} x {cfg.context})")

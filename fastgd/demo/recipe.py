@@ -28,14 +28,6 @@ MIN_LR_RATIO = 0.1  # cosine decay ends at a tenth of the peak learning rate
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def has_fastgd_adamw() -> bool:
-    return hasattr(fastgd, "AdamW")
-
-
-def has_linear_cross_entropy() -> bool:
-    return hasattr(fastgd, "linear_cross_entropy")
-
-
 def make_loss(stack: str, label_smoothing: float, z_loss: float, fused_linear: bool) -> LossFn:
     """The training loss of ``stack``: the summed cross-entropy of the micro-batch (plus z-loss)
     divided by ``num_items``, the number of target tokens in the *whole* accumulated batch, so
@@ -96,11 +88,12 @@ def make_update(stack: str, model: TinyGPT, lr: float, weight_decay: float,
     """The optimizer of ``stack`` over ``model`` (the one place that builds it)."""
     groups = decay_groups(model, weight_decay)
     params = [p for g in groups for p in g["params"]]
-    if stack == "fastgd" and has_fastgd_adamw():
+    if stack == "fastgd":
+        # Clipping happens inside the step: the norm from one reduction, the scale applied in
+        # the update kernel, so the gradients are not read and written an extra time.
         optimizer = fastgd.AdamW(groups, lr=lr, betas=BETAS, max_grad_norm=max_grad_norm)
         return Update(optimizer, params, max_grad_norm, fused_clipping=max_grad_norm is not None)
-    # The torch stack -- and the fastgd stack until fastgd.AdamW is available.
-    fused = stack == "torch" and _torch_has_fused_adamw(params[0].device)
+    fused = _torch_has_fused_adamw(params[0].device)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=BETAS, fused=fused or None)
     return Update(optimizer, params, max_grad_norm, fused_clipping=False)
 
