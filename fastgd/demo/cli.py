@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = _Parser(prog=PROG, description=(
         "Train a small byte-level GPT with fastgd's cross-entropy and AdamW, optionally beside "
-        "the same run with torch's. Defaults finish in about two minutes on a 2-core CPU."))
+        "the same run with torch's. The defaults train for about 75 s on an idle 2-core CPU "
+        "(twice that with --compare)."))
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="PATH", help="a text file or a folder of them "
                       "(default: a sample of this Python's standard library sources)")
