@@ -54,18 +54,20 @@ def toy_corpus(tmp_path_factory) -> str:
 def tiny(tmp_path, data_path, **changes) -> Config:
     base = dict(data=data_path, context=16, layers=1, dim=32, heads=2, steps=10, batch_size=4,
                 lr=1e-2, warmup=2, eval_every=5, eval_sequences=4, patience=0, log_every=1,
+                dtype="float32",  # no bf16 autocast on a GPU: the curve tolerance is fp32's
                 out=str(tmp_path / "out"), progress=False, sample_bytes=0)
     return Config(**{**base, **changes})
 
 
-def _run(cfg: Config, stack: str = "fastgd", reporter=None, stop=None):
+def _run(cfg: Config, stack: str = "fastgd", reporter=None, stop=None, device: str = "cpu"):
     corpus = data.load_corpus(cfg.data)
-    return train(cfg, stack, corpus, torch.device("cpu"), reporter or Silent(), stop)
+    return train(cfg, stack, corpus, torch.device(device), reporter or Silent(), stop)
 
 
-@pytest.mark.parametrize("backend", ["auto", "torch"])  # auto: the Triton kernels (interpreted)
-def test_validation_loss_decreases(tmp_path, toy_corpus, backend):
-    result = _run(tiny(tmp_path, toy_corpus, backend=backend))
+# auto: the Triton kernels (compiled on a GPU, interpreted on a CPU)
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_validation_loss_decreases(tmp_path, toy_corpus, backend, device):
+    result = _run(tiny(tmp_path, toy_corpus, backend=backend), device=device)
     steps, val = result.tracker.curve("val_loss")
     assert steps == [0, 5, 10]
     # Untrained (small initial weights), a byte model is near uniform: ln(256) = 5.55 nats. The
@@ -73,16 +75,17 @@ def test_validation_loss_decreases(tmp_path, toy_corpus, backend):
     assert val[0] == pytest.approx(math.log(256), abs=0.05)
     assert val[2] < val[1] < val[0] - 0.3, f"validation loss did not decrease: {val}"
     assert result.steps_done == 10 and not result.stopped_early
-    expected = "torch" if backend == "torch" else fastgd.backend.backend_for(torch.empty(0))
+    expected = ("torch" if backend == "torch"
+                else fastgd.backend.backend_for(torch.empty(0, device=device)))
     assert result.backend == expected
 
 
-def test_compare_curves_match(tmp_path, toy_corpus):
+def test_compare_curves_match(tmp_path, toy_corpus, device):
     """fastgd's loss and optimizer against torch's F.cross_entropy + AdamW, with every loss
     extra the demo exposes switched on (label smoothing, z-loss, accumulation, clipping)."""
     cfg = tiny(tmp_path, toy_corpus, steps=6, eval_every=3, label_smoothing=0.1, z_loss=1e-3,
                accum=2, batch_size=2, max_grad_norm=0.5)
-    fast, ref = _run(cfg, "fastgd"), _run(cfg, "torch")
+    fast, ref = _run(cfg, "fastgd", device=device), _run(cfg, "torch", device=device)
     gap = max_curve_gap(fast.tracker, ref.tracker)
     assert gap <= TRAINING_CURVE_ATOL[torch.float32], f"curves differ by {gap:.3e}"
     assert len(fast.tracker.curve("train_loss")[1]) == 6  # every step logged and compared
