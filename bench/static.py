@@ -34,19 +34,11 @@ class StaticResult:
 
 def problems(result: StaticResult) -> list[str]:
     """What breaks the properties fastgd's speed relies on (empty: all hold)."""
+    from fastgd.aot import problems as kernel_problems
+
     if result.report is None:
         return [f"does not compile: {result.error}"]
-    r = result.report
-    found = []
-    if not r.hot:
-        return found
-    if r.local or r.stack:
-        found.append(f"local memory {r.local} B, stack {r.stack} B (spills)")
-    if r.widest_load_bits < 128:
-        found.append(f"widest load {r.widest_load_bits}-bit, not 128")
-    if r.streams_stores and r.widest_store_bits < 128:
-        found.append(f"widest store {r.widest_store_bits}-bit, not 128")
-    return found
+    return kernel_problems(result.report)
 
 
 def compile_all(arch: int) -> list[StaticResult]:

@@ -52,6 +52,22 @@ class KernelReport:
     streams_stores: bool
 
 
+def problems(report: KernelReport) -> list[str]:
+    """What breaks the properties a hot (streaming) kernel's speed relies on: no local memory
+    (spills), 128-bit global loads, and 128-bit stores where it streams its output. Empty when
+    they all hold, or for a kernel that is not hot."""
+    found = []
+    if not report.hot:
+        return found
+    if report.local or report.stack:
+        found.append(f"local memory {report.local} B, stack {report.stack} B (spills)")
+    if report.widest_load_bits < 128:
+        found.append(f"widest load {report.widest_load_bits}-bit, not 128")
+    if report.streams_stores and report.widest_store_bits < 128:
+        found.append(f"widest store {report.widest_store_bits}-bit, not 128")
+    return found
+
+
 def all_specs() -> list[KernelSpec]:
     specs = []
     for module in AOT_MODULES:

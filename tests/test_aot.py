@@ -32,14 +32,8 @@ def test_every_kernel_compiles_for_sm80_and_sm90(reports):
 
 
 def test_hot_kernels_do_not_spill_and_use_128_bit_accesses(reports):
-    problems = []
-    for r in reports:
-        if not r["hot"]:
-            continue
-        if r["local"] or r["stack"]:
-            problems.append(f"{r['name']} sm_{r['arch']}: local memory {r['local']} B")
-        if r["widest_load_bits"] < 128:
-            problems.append(f"{r['name']} sm_{r['arch']}: loads {r['widest_load_bits']}-bit")
-        if r["streams_stores"] and r["widest_store_bits"] < 128:
-            problems.append(f"{r['name']} sm_{r['arch']}: stores {r['widest_store_bits']}-bit")
-    assert not problems, "\n".join(problems)
+    from fastgd.aot import KernelReport, problems
+
+    found = [f"{r['name']} sm_{r['arch']}: {problem}"
+             for r in reports for problem in problems(KernelReport(**r))]
+    assert not found, "\n".join(found)
