@@ -48,6 +48,14 @@ def uses_kernels(tensor: torch.Tensor) -> bool:
     return backend_for(tensor) != "torch"
 
 
+def launch_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context for launching a kernel on ``tensor``: Triton launches on the *current* CUDA
+    device and stream, so make ``tensor``'s device current (a no-op off the GPU)."""
+    if backend_for(tensor) == "triton":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
 def can_check_on_host(tensor: torch.Tensor) -> bool:
     """True when reading ``tensor``'s values costs no device synchronisation (CPU memory).
 

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from .cross_entropy_ops import compute_dtype, cross_entropy_rows
 
 _REDUCTIONS = ("none", "mean", "sum")
+# The kernels' tile loop counts classes in int32: leave room for the last tile's start.
+MAX_CLASSES = 2**31 - 2**16
 
 
 def cross_entropy(
@@ -155,10 +157,13 @@ def _counted_weight(target, counted, weight, dtype) -> Tensor:
     return torch.where(counted, weight[safe.long()], 0.0).sum().to(dtype)
 
 
-def _as_denominator(num_items, like: Tensor) -> Tensor:
+def _as_denominator(num_items, like: Tensor):
+    """A tensor ``num_items`` in ``like``'s dtype (keep it on the loss's device: a CPU tensor
+    would be copied to the GPU on every call), or a Python number as it is (a scalar operand:
+    no host-to-device copy, nothing for a CUDA graph to trip over)."""
     if isinstance(num_items, Tensor):
         return num_items.to(device=like.device, dtype=like.dtype)
-    return torch.tensor(float(num_items), dtype=like.dtype, device=like.device)
+    return float(num_items)
 
 
 def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
@@ -204,8 +209,12 @@ def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]
         flat_target, out_shape = target.reshape(-1), target.shape
     if logits.shape[1] == 0:
         raise ValueError("input has 0 classes; cross-entropy needs at least one class")
-    if logits.shape[1] >= 2**31:
-        raise ValueError(f"input has {logits.shape[1]} classes; at most 2**31 - 1 are supported")
+    if logits.shape[1] > MAX_CLASSES:
+        raise ValueError(f"input has {logits.shape[1]} classes; at most {MAX_CLASSES} are "
+                         f"supported")
+    if (logits.shape[1] - 1) * logits.stride(1) >= 2**31:
+        # The kernels address a row's classes with 32-bit offsets (row offsets are 64-bit).
+        logits = logits.contiguous()
     return logits, flat_target.contiguous(), out_shape
 
 

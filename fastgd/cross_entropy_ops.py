@@ -67,14 +67,15 @@ def _launch_forward(logits, target, weight, ignore_index, label_smoothing, logit
     if n_rows == 0:
         return ce, lse
     weight_sum = weight.sum() if weight is not None else ce  # any pointer when unused
-    cross_entropy_forward_kernel[(n_rows,)](
-        logits, logits.stride(0), logits.stride(1),
-        target, weight if weight is not None else ce, weight_sum,
-        ce, lse,
-        n_classes, ignore_index,
-        *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
-        **_kernel_flags(logits, weight, label_smoothing, softcap),
-    )
+    with backend.launch_device(logits):
+        cross_entropy_forward_kernel[(n_rows,)](
+            logits, logits.stride(0), logits.stride(1),
+            target, weight if weight is not None else ce, weight_sum,
+            ce, lse,
+            n_classes, ignore_index,
+            *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
+            **_kernel_flags(logits, weight, label_smoothing, softcap),
+        )
     return ce, lse
 
 
@@ -88,16 +89,17 @@ def _launch_backward(
     if n_rows == 0:
         return
     weight_sum = weight.sum() if weight is not None else lse
-    cross_entropy_backward_kernel[(n_rows,)](
-        logits, logits.stride(0), logits.stride(1),
-        grad, grad.stride(0), grad.stride(1),
-        target, weight if weight is not None else lse, weight_sum,
-        lse, grad_ce, grad_lse if grad_lse is not None else lse,
-        n_classes, ignore_index,
-        *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
-        HAS_GRAD_LSE=grad_lse is not None,
-        **_kernel_flags(logits, weight, label_smoothing, softcap),
-    )
+    with backend.launch_device(logits):
+        cross_entropy_backward_kernel[(n_rows,)](
+            logits, logits.stride(0), logits.stride(1),
+            grad, grad.stride(0), grad.stride(1),
+            target, weight if weight is not None else lse, weight_sum,
+            lse, grad_ce, grad_lse if grad_lse is not None else lse,
+            n_classes, ignore_index,
+            *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
+            HAS_GRAD_LSE=grad_lse is not None,
+            **_kernel_flags(logits, weight, label_smoothing, softcap),
+        )
 
 
 # --------------------------------------------------------------------------- library ops

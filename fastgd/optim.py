@@ -35,7 +35,10 @@ class Adam(torch.optim.Optimizer):
 
     ``foreach``, ``fused`` and ``capturable`` are kept for state_dict compatibility: the update
     is always one fused multi-tensor launch, which a CUDA graph can capture (with a tensor
-    ``lr`` if the learning rate changes between replays). ``differentiable=True`` is refused.
+    ``lr`` if the learning rate changes between replays). Capture only after a warm-up step
+    with the very gradient tensors the graph will use (e.g. ``zero_grad(set_to_none=False)``):
+    the launch tables are built on the host when parameter or gradient addresses change, and
+    that must not happen inside a capture. ``differentiable=True`` is refused.
     """
 
     # GradScaler then hands step() its scale and found_inf instead of unscaling the gradients.

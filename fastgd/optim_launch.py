@@ -13,7 +13,6 @@ A step becomes one launch per (device, dtype) -- plus one for the gradient norm 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import struct
 from typing import Any, Optional
@@ -204,13 +203,6 @@ def _tl_dtype(dtype: torch.dtype):
             torch.float32: tl.float32, torch.float64: tl.float64}[dtype]
 
 
-def _on_device(like: Tensor):
-    """Launch on ``like``'s GPU (Triton launches on the current one)."""
-    if backend.backend_for(like) == "triton":
-        return torch.cuda.device(like.device)
-    return contextlib.nullcontext()
-
-
 @dataclasses.dataclass
 class NormScratch:
     """Per-device buffers of the norm pass, reused every step."""
@@ -241,7 +233,7 @@ def launch_grad_sumsq(
     norm = torch.empty((), dtype=torch.float32, device=like.device)
     n_partials = sum(bucket.n_blocks for bucket, _ in launches)
     offset = 0
-    with _on_device(like):
+    with backend.launch_device(like):
         for bucket, sample in launches:
             block, num_warps = adam_launch(sample.dtype)
             grad_sumsq_kernel[(bucket.n_blocks,)](
@@ -266,7 +258,7 @@ def launch_adam(
 
     block, num_warps = adam_launch(sample.dtype)
     unused = bucket.tensor_table  # any valid pointer for an argument the flags switch off
-    with _on_device(sample):
+    with backend.launch_device(sample):
         adam_kernel[(bucket.n_blocks,)](
             bucket.tensor_table, groups_table, bucket.block_table, bucket.counters,
             grad_scale if grad_scale is not None else unused,

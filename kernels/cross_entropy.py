@@ -95,7 +95,10 @@ def cross_entropy_forward_kernel(
         x = tl.load(row_ptr + offs * stride_col, mask=mask, other=0.0).to(COMPUTE)
         z = tl.where(mask, _scaled_capped(x, logit_scale, softcap, HAS_SOFTCAP), -float("inf"))
         new_max = tl.maximum(running_max, tl.max(z, 0))
-        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max), 0)
+        # While every logit so far is -inf (a masked vocabulary), shift by 0 instead of -inf:
+        # exp(-inf - -inf) would be NaN and poison the rest of the row.
+        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(z - shift), 0)
         running_max = new_max
         if HAS_SMOOTHING:
             if HAS_WEIGHT:

@@ -95,6 +95,27 @@ def test_confident_true_class_gradient_does_not_cancel(device):
     assert rel < 2 ** -8, f"true-class gradient off by {rel:.2e} relative: {ours} vs {truth}"
 
 
+@pytest.mark.parametrize("masked", ["first tile", "all but the target"])
+def test_minus_inf_logits(masked, device):
+    # Masked vocabulary entries (-inf logits): a whole tile of -inf must not poison the running
+    # max/sum of the online logsumexp (exp(-inf - -inf) is NaN).
+    logits, target, _ = make_inputs(3, 2 * 4096 + 37, torch.float32, device, ignore_some=False)
+    target = target.clamp(min=4096)  # targets outside the masked first tile
+    if masked == "first tile":
+        logits[:, :4096] = float("-inf")
+    else:
+        keep = logits.gather(1, target[:, None])
+        logits.fill_(float("-inf")).scatter_(1, target[:, None], keep)
+    x = logits.clone().requires_grad_()
+    loss = fastgd.cross_entropy(x, target, reduction="none")
+    loss.sum().backward()
+    y = logits.double().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(y, target, reduction="none")
+    expected.sum().backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), y.grad, rtol=1e-6, atol=1e-7)
+
+
 def test_bf16_gradient_rounds_to_nearest_even(device):
     # The gradient is computed in fp32 and rounded once, to nearest even: it must equal the exact
     # gradient rounded by torch almost everywhere (a truncating store would miss about half).

@@ -17,7 +17,8 @@ from tolerances import TRAINING_CURVE_ATOL
 
 TINY = ["--context", "16", "--layers", "1", "--dim", "32", "--heads", "2", "--batch-size", "2",
         "--steps", "4", "--warmup", "1", "--eval-every", "2", "--eval-sequences", "4",
-        "--log-every", "1", "--no-progress"]
+        "--log-every", "1", "--no-progress",
+        "--dtype", "float32"]  # on a GPU the default is bf16 autocast: keep the comparison exact
 
 
 @pytest.fixture(autouse=True, scope="module")
