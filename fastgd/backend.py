@@ -63,6 +63,13 @@ def can_check_on_host(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
+def step_device(param: torch.Tensor) -> torch.device:
+    """Where an optimizer keeps ``param``'s step count: on its device (the kernels read it
+    there), except for a meta parameter, which has no values -- its step is a host number, as in
+    torch's non-capturable Adam."""
+    return torch.device("cpu") if param.device.type == "meta" else param.device
+
+
 @contextlib.contextmanager
 def force_backend(name: str) -> Iterator[None]:
     """Run the enclosed calls on ``name`` (``"torch"`` forces the PyTorch path; ``"auto"`` is the

@@ -23,9 +23,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from . import backend, optim_launch, optim_torch
+from . import backend, guard, optim_launch, optim_torch
+from .errors import InvalidTypeError, InvalidValueError
 
 _EXTRA_DEFAULTS = {"max_grad_norm": None}
+_STATE_KEYS = optim_launch.STATE_KEYS
 _KERNEL_DTYPES = optim_launch.KERNEL_DTYPES + (torch.complex64, torch.complex128)  # as real views
 
 
@@ -82,15 +84,15 @@ class Adam(torch.optim.Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.pop("_launch_cache", None)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             for key, value in (("amsgrad", False), ("maximize", False), ("foreach", None),
                                ("capturable", False), ("differentiable", False),
                                ("fused", None), ("decoupled_weight_decay", False)):
                 group.setdefault(key, value)
             for key, value in _EXTRA_DEFAULTS.items():
                 group.setdefault(key, self.defaults.get(key, value))
-            for p in group["params"]:
-                _normalise_state(p, self.state.get(p))
+            for position, p in enumerate(group["params"]):
+                _normalise_state(p, self.state.get(p), _param_name(index, position))
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -100,8 +102,8 @@ class Adam(torch.optim.Optimizer):
         state = self.state[p]
         if len(state) == 0:
             # step on the parameter's device as float32 (torch's fused/capturable layout): the
-            # kernel reads and advances it there.
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            # kernel reads and advances it there. (On the host for a meta parameter.)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=backend.step_device(p))
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
@@ -130,6 +132,11 @@ class Adam(torch.optim.Optimizer):
             grad_scale = getattr(self, "grad_scale", None)
         if found_inf is None:
             found_inf = getattr(self, "found_inf", None)
+        for what, value in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+            if value is not None and (not isinstance(value, Tensor) or value.numel() != 1):
+                raise InvalidValueError(
+                    f"fastgd.{type(self).__name__}.step({what}=...): expected a one-element "
+                    f"tensor (as torch.amp.GradScaler sets), got {_summary(value)}")
         entries = self._entries()
         if entries:
             norm = _run_step(self.param_groups, entries, grad_scale, found_inf, self._cache())
@@ -137,18 +144,24 @@ class Adam(torch.optim.Optimizer):
                 self.grad_norm = norm
         return loss
 
-    def _entries(self) -> list[tuple[int, Tensor, Tensor, dict]]:
+    def _entries(self) -> list[tuple[int, Tensor, Tensor, dict, str]]:
+        """(group index, param, grad, state, the param's name for messages) of every param with
+        a gradient, after the per-step checks that the gradient fits its parameter."""
         entries = []
         for index, group in enumerate(self.param_groups):
-            for p in group["params"]:
+            for position, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None:
                     continue
+                name = _param_name(index, position)
                 if grad.is_sparse:
-                    raise TypeError(f"fastgd.{type(self).__name__}: parameter of shape "
-                                    f"{tuple(p.shape)} has a sparse gradient; Adam needs dense "
-                                    "gradients (torch.optim.SparseAdam handles sparse ones)")
-                entries.append((index, p, grad, self._init_state(p, group)))
+                    raise InvalidTypeError(
+                        f"fastgd.{type(self).__name__}: {name} (shape {tuple(p.shape)}) has a "
+                        "sparse gradient; Adam needs dense gradients (torch.optim.SparseAdam "
+                        "handles sparse ones)")
+                state = self._init_state(p, group)
+                _check_fits(p, grad, state, group["amsgrad"], name)
+                entries.append((index, p, grad, state, name))
         return entries
 
     def _cache(self) -> dict:
@@ -192,50 +205,81 @@ class AdamW(Adam):
 
 # ---------------------------------------------------------------------- validation and state
 def _check_options(name, lr, betas, eps, weight_decay, max_grad_norm) -> None:
+    """torch.optim.Adam's checks with its exception types and wording (code and test suites
+    match on them), then fastgd's own for ``max_grad_norm``."""
     if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"fastgd.{name}(lr=...): a tensor lr must have one element, "
-                         f"got shape {tuple(lr.shape)}")
+        raise ValueError(f"Tensor lr must be 1-element (fastgd.{name}: got shape "
+                         f"{tuple(lr.shape)})")
     if not 0.0 <= lr:
-        raise ValueError(f"fastgd.{name}(lr={lr}): the learning rate must be >= 0")
+        raise ValueError(f"Invalid learning rate: {lr}")
     if not 0.0 <= eps:
-        raise ValueError(f"fastgd.{name}(eps={eps}): eps must be >= 0")
+        raise ValueError(f"Invalid epsilon value: {eps}")
     if len(betas) != 2:
-        raise ValueError(f"fastgd.{name}(betas={betas}): expected two coefficients")
+        raise ValueError(f"Invalid betas: {betas} (fastgd.{name}: expected two coefficients)")
     for i, beta in enumerate(betas):
         if isinstance(beta, Tensor) and beta.numel() != 1:
-            raise ValueError(f"fastgd.{name}(betas=...): betas[{i}] as a tensor must have one "
-                             "element")
+            raise ValueError(f"Tensor betas[{i}] must be 1-element")
         if not 0.0 <= beta < 1.0:
-            raise ValueError(f"fastgd.{name}(betas={betas}): betas[{i}] must be in [0, 1)")
-    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
-        raise ValueError(f"fastgd.{name}(betas=...): betas must be both floats or both tensors")
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
     if not 0.0 <= weight_decay:
-        raise ValueError(f"fastgd.{name}(weight_decay={weight_decay}): must be >= 0")
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
     if max_grad_norm is not None and not (
-        isinstance(max_grad_norm, (int, float)) and 0 < max_grad_norm < math.inf
+        isinstance(max_grad_norm, (int, float)) and not isinstance(max_grad_norm, bool)
+        and 0 < max_grad_norm < math.inf
     ):
         raise ValueError(f"fastgd.{name}(max_grad_norm={max_grad_norm!r}): expected None (no "
                          "clipping) or a positive finite float")
+
+
+def _check_fits(p: Tensor, grad: Tensor, state: dict, amsgrad: bool, name: str) -> None:
+    """The per-step checks, on every path: the gradient and each moment have ``p``'s shape,
+    dtype and device (attribute compares only: the kernels' launch guard checks memory when it
+    builds a table), and ``step`` is a tensor."""
+    guard.require_like(grad, p, f"the gradient of {name}",
+                       fix="a gradient must match its parameter (as torch requires); was .grad "
+                       "or .grad.data replaced?")
+    for key in _STATE_KEYS if amsgrad else _STATE_KEYS[:2]:
+        guard.require_like(state.get(key), p, f"state {key!r} of {name}",
+                           fix="the optimizer state no longer fits its parameter (was the state "
+                           "edited, or p.data replaced after a step?); start a new optimizer "
+                           "or load a matching state_dict")
+    if not isinstance(state.get("step"), Tensor):
+        _normalise_state(p, state, name)
+
+
+def _param_name(group_index: int, position: int) -> str:
+    """How messages name a parameter (the optimizer knows no module names)."""
+    return f"param_groups[{group_index}]['params'][{position}]"
 
 
 def _one_element(beta):
     return beta.squeeze() if isinstance(beta, Tensor) and beta.dim() != 0 else beta
 
 
-def _normalise_state(p: Tensor, state: Optional[dict]) -> None:
-    """Give loaded state fastgd's layout: ``step`` a float32 tensor on ``p``'s device, moments in
-    ``p``'s layout (torch's load_state_dict already matched dtype and device)."""
+def _normalise_state(p: Tensor, state: Optional[dict], name: str) -> None:
+    """Give loaded state fastgd's layout -- ``step`` a float32 tensor on ``p``'s device (a legacy
+    Python-number step included), moments in ``p``'s layout -- and refuse moments that do not
+    fit ``p`` (torch's load_state_dict already matched dtype and device, not shape)."""
     if not state:
         return
     step = state.get("step")
     if step is not None:
         if not isinstance(step, Tensor):
             step = torch.tensor(float(step))
-        if step.device != p.device or step.dtype != torch.float32:
-            state["step"] = step.to(device=p.device, dtype=torch.float32)
-    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        device = backend.step_device(p)
+        if step.device != device or step.dtype != torch.float32 or step.dim() != 0:
+            step = step.to(device=device, dtype=torch.float32).reshape(())
+        state["step"] = step
+    for key in _STATE_KEYS:
         s = state.get(key)
-        if isinstance(s, Tensor) and s.shape == p.shape and s.stride() != p.stride():
+        if s is None:
+            continue
+        guard.require_like(s, p, f"the loaded state {key!r} of {name}",
+                           fix="this state_dict belongs to another model (or was edited): load "
+                           "the optimizer state saved with these parameters")
+        if s.stride() != p.stride():
             state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(s)
 
 
@@ -246,13 +290,17 @@ def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[T
     kernel_works: dict[tuple, list] = defaultdict(list)  # (device, dtype) -> [Work]
     torch_entries: dict[tuple, list] = defaultdict(list)  # (device, group) -> entries
     on_kernels: dict = {}  # device -> whether the kernels run there (asked once per device)
-    for index, p, grad, state in entries:
+    for index, p, grad, state, name in entries:
         if p.device not in on_kernels:
             on_kernels[p.device] = backend.uses_kernels(p)
         if on_kernels[p.device] and p.dtype in _KERNEL_DTYPES:
-            work = optim_launch.make_work(p, grad, state, index, param_groups[index]["amsgrad"])
+            work = optim_launch.make_work(p, grad, state, index, param_groups[index]["amsgrad"],
+                                          name)
             kernel_works[(p.device, work.param.dtype)].append(work)
         else:
+            if p.device.type != "meta":  # torch steps meta tensors without touching memory
+                optim_launch.check_memory(name, p, {"gradient": grad, **{
+                    key: state.get(key) for key in _STATE_KEYS}}, state["step"])
             torch_entries[(p.device, index)].append((p, grad, state))
 
     buckets = {}
@@ -338,4 +386,13 @@ def _global_sumsq(param_groups, clipping, kernel_works, buckets, tables, torch_e
 
 
 def _to(t: Optional[Tensor], device) -> Optional[Tensor]:
-    return t.to(device, non_blocking=True) if t is not None else None
+    """A GradScaler scalar as the kernels read it: float32, 0-dim, on ``device``."""
+    if t is None:
+        return None
+    return t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(())
+
+
+def _summary(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import backend
+from . import backend, guard
 from .launch_config import ADAM_NORM_REDUCE_BLOCK, adam_launch
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # torch's names, in table order
 
 # Must match the column layouts in kernels/adam.py (checked by the tests).
 TENSOR_COLS = 10
@@ -44,6 +45,7 @@ class Work:
     max_exp_avg_sq: Optional[Tensor]
     step: Tensor
     group: int
+    name: str  # how messages name the parameter
     writeback: Optional[Tensor] = None  # the user's parameter when ``param`` is a dense copy
 
 
@@ -67,10 +69,12 @@ class Bucket:
         return self.first_blocks[-1] + self.block_counts[-1]
 
 
-def make_work(param: Tensor, grad: Tensor, state: dict, group: int, amsgrad: bool) -> Work:
-    """The kernel's view of one parameter. Complex tensors become real views; a parameter that is
-    not dense is updated through a dense copy; a gradient in another layout is copied into the
-    parameter's."""
+def make_work(param: Tensor, grad: Tensor, state: dict, group: int, amsgrad: bool,
+              name: str) -> Work:
+    """The kernel's view of one parameter (called ``name`` in messages), whose gradient and
+    state were checked to fit it this step. Complex tensors become real views; a parameter
+    that is not dense is updated through a dense copy; a gradient in another layout is copied
+    into the parameter's."""
     tensors = [param, grad, state["exp_avg"], state["exp_avg_sq"],
                state["max_exp_avg_sq"] if amsgrad else None]
     if param.is_complex():
@@ -81,7 +85,27 @@ def make_work(param: Tensor, grad: Tensor, state: dict, group: int, amsgrad: boo
         writeback, p = p, p.contiguous()  # its states were created contiguous: zeros_like rule
     if g.stride() != p.stride():
         g = torch.empty_like(p).copy_(g)
-    return Work(p, g, m, v, v_max, state["step"], group, writeback)
+    return Work(p, g, m, v, v_max, state["step"], group, name, writeback)
+
+
+def check_memory(name: str, param: Tensor, others: dict, step: Tensor) -> None:
+    """The launch guard for one parameter: every tensor in ``others`` (what -> tensor or None)
+    has ``param``'s dtype, device, shape and strides, and each, ``param`` and the float32
+    ``step`` own the memory they claim (the kernel reads ``numel`` elements from each)."""
+    fix = "the optimizer state no longer fits its parameter; start a new optimizer"
+    guard.require_tensor(param, name, fix="fastgd updates plain dense tensors")
+    for what, t in others.items():
+        if t is not None:
+            guard.require_tensor(t, f"{what} of {name}", dtype=param.dtype, device=param.device,
+                                 shape=param.shape, strides=param.stride(), fix=fix)
+    guard.require_tensor(step, f"state 'step' of {name}", dtype=torch.float32,
+                         device=param.device, shape=(), fix=fix)
+
+
+def _check_work(w: Work) -> None:
+    check_memory(w.name, w.param, {"gradient": w.grad, "exp_avg": w.exp_avg,
+                                   "exp_avg_sq": w.exp_avg_sq,
+                                   "max_exp_avg_sq": w.max_exp_avg_sq}, w.step)
 
 
 def _dense(t: Tensor) -> bool:
@@ -102,26 +126,23 @@ def prepare_bucket(works: list[Work], previous: Optional[Bucket]) -> Bucket:
     layout = tuple(
         (w.param.data_ptr(), w.exp_avg.data_ptr(), w.exp_avg_sq.data_ptr(),
          w.max_exp_avg_sq.data_ptr() if w.max_exp_avg_sq is not None else 0,
-         w.step.data_ptr(), w.param.numel(), w.group)
+         w.step.data_ptr(), w.param.numel(), w.group, w.param.stride())
         for w in works
     )
     grads = tuple(w.grad.data_ptr() for w in works)
     like = works[0].param
+    if previous is not None and previous.layout == layout and previous.grads == grads:
+        return previous
+    for w in works:  # some address moved: the launch guard, before any table holds it
+        _check_work(w)
     if previous is not None and previous.layout == layout:
-        if previous.grads == grads:
-            return previous
         keep: list = []
         table = _upload(_tensor_rows(layout, grads, previous), torch.int64, like, keep)
         return dataclasses.replace(previous, grads=grads, tensor_table=table,
                                    aligned=_aligned(layout, grads), keep=keep)
 
-    for w in works:
-        for s in (w.exp_avg, w.exp_avg_sq, w.max_exp_avg_sq):
-            if s is not None and s.stride() != w.param.stride():
-                raise RuntimeError("fastgd optimizer state has a layout other than its "
-                                   "parameter's; it was replaced outside load_state_dict")
     block, _ = adam_launch(like.dtype)
-    counts = [max(1, -(-numel // block)) for *_, numel, _ in layout]  # empty: still 1 (its step)
+    counts = [max(1, -(-w.param.numel() // block)) for w in works]  # empty: still 1 (its step)
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
     keep = []
     bucket = Bucket(layout, grads, None, None,
@@ -136,7 +157,7 @@ def prepare_bucket(works: list[Work], previous: Optional[Bucket]) -> Bucket:
 
 def _tensor_rows(layout: tuple, grads: tuple, bucket: Bucket) -> list[int]:
     rows = []
-    for (p, m, v, v_max, step, numel, group), g, first, count in zip(
+    for (p, m, v, v_max, step, numel, group, _), g, first, count in zip(
             layout, grads, bucket.first_blocks, bucket.block_counts):
         rows += [p, g, m, v, v_max, step, numel, first, count, group]
     return rows

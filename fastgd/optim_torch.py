@@ -61,15 +61,19 @@ def adam_group_step(
         grads = [g * clip_coef.to(g.device) for g in grads]
     amsgrad = group["amsgrad"]
     beta1, beta2 = group["betas"]
+    # The kernels' math is float32 for 16-bit tensors (torch's own 16-bit Adam computes in the
+    # parameter dtype, where the default eps=1e-8 underflows to 0 in float16 and a zero second
+    # moment divides by zero): run torch's update on float32 copies, then round back.
+    work = [_Upcast(p, g, s, amsgrad) for p, g, s in zip(params, grads, states)]
     torch_adam(
-        params, grads,
-        [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-        [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+        [w.param for w in work], [w.grad for w in work],
+        [w.exp_avg for w in work], [w.exp_avg_sq for w in work],
+        [w.max_exp_avg_sq for w in work] if amsgrad else [],
         [s["step"] for s in states],
         foreach=False,
         # Host-side step counts keep torch's exact float64 bias corrections on the CPU; on a GPU
         # the capturable form avoids reading the step back.
-        capturable=not backend.can_check_on_host(params[0]) and not fused,
+        capturable=backend.step_device(params[0]).type != "cpu" and not fused,
         fused=fused,
         found_inf=found_inf if fused else None,
         has_complex=any(p.is_complex() for p in params),
@@ -82,3 +86,25 @@ def adam_group_step(
         eps=group["eps"],
         maximize=group["maximize"],
     )
+    for w in work:
+        w.store()
+
+
+class _Upcast:
+    """One parameter's tensors in float32 when it is 16-bit (as the kernels compute), else the
+    tensors themselves; :meth:`store` rounds the results back (round to nearest even)."""
+
+    def __init__(self, param: Tensor, grad: Tensor, state: dict, amsgrad: bool) -> None:
+        self.originals = [param, state["exp_avg"], state["exp_avg_sq"],
+                          state["max_exp_avg_sq"] if amsgrad else None]
+        self.upcast = param.dtype in (torch.float16, torch.bfloat16)
+        up = (lambda t: t.float() if t is not None else None) if self.upcast else (lambda t: t)
+        self.param, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq = map(up, self.originals)
+        self.grad = up(grad)
+
+    def store(self) -> None:
+        if self.upcast:
+            for original, computed in zip(self.originals, (self.param, self.exp_avg,
+                                                           self.exp_avg_sq, self.max_exp_avg_sq)):
+                if original is not None:
+                    original.copy_(computed)

@@ -148,12 +148,14 @@ def test_step_without_any_gradient_changes_nothing(device):
 
 # --------------------------------------------------------------------------- argument errors
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(lr=-1.0), "lr"),
-    (dict(lr=torch.tensor([0.1, 0.2])), "lr"),
-    (dict(eps=-1e-8), "eps"),
-    (dict(betas=(1.0, 0.999)), "betas"),
-    (dict(betas=(0.9, -0.1)), "betas"),
-    (dict(weight_decay=-0.1), "weight_decay"),
+    # torch.optim.Adam's own wording, which code and test suites match on
+    (dict(lr=-1.0), "^Invalid learning rate: -1.0"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "^Tensor lr must be 1-element"),
+    (dict(eps=-1e-8), "^Invalid epsilon value: -1e-08"),
+    (dict(betas=(1.0, 0.999)), "^Invalid beta parameter at index 0: 1.0"),
+    (dict(betas=(0.9, -0.1)), "^Invalid beta parameter at index 1: -0.1"),
+    (dict(betas=(torch.tensor(0.9), 0.99)), "^betas must be either both floats or both Tensors"),
+    (dict(weight_decay=-0.1), "^Invalid weight_decay value: -0.1"),
     (dict(max_grad_norm=0.0), "max_grad_norm"),
     (dict(max_grad_norm=float("inf")), "max_grad_norm"),
     (dict(max_grad_norm="1.0"), "max_grad_norm"),
