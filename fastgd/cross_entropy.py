@@ -16,13 +16,16 @@ host sync), so autograd and ``torch.compile`` see ordinary code around one custo
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from . import backend, guard
 from .cross_entropy_ops import compute_dtype, cross_entropy_rows
+from .errors import InvalidTypeError, InvalidValueError
 
 _REDUCTIONS = ("none", "mean", "sum")
 # The kernels' tile loop counts classes in int32: leave room for the last tile's start.
@@ -66,10 +69,16 @@ def cross_entropy(
     A target outside ``[0, C)`` other than ``ignore_index`` raises on CPU; on CUDA that row's loss
     and gradient are NaN (checking would need a host sync). Nothing is read out of bounds.
     """
+    label_smoothing = as_float_option(label_smoothing, "label_smoothing")
     _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
     logits, flat_target, out_shape = _as_rows(input, target)
     n_classes = logits.shape[1]
     weight = _check_weight(weight, n_classes, logits)
+    if inplace_backward and guard.has_internal_overlap(logits):
+        raise InvalidValueError(
+            f"inplace_backward=True writes the gradient over the logits, but elements of input "
+            f"share memory (strides {tuple(input.stride())}: an expanded or broadcast tensor); "
+            f"pass input.contiguous(), or inplace_backward=False")
 
     ce, lse = cross_entropy_rows(
         logits, flat_target, weight, int(ignore_index), float(label_smoothing),
@@ -103,6 +112,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         return_lse: bool = False,
         inplace_backward: bool = False,
     ) -> None:
+        label_smoothing = as_float_option(label_smoothing, "label_smoothing")
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         _check_options(self.reduction, label_smoothing, z_loss, softcap, logit_scale, None)
         self.z_loss = z_loss
@@ -169,37 +179,39 @@ def _as_denominator(num_items, like: Tensor):
 def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
     """``(N, C)`` logits, ``(N,)`` targets and the shape of a per-element loss."""
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a torch.Tensor of logits, got {type(input).__name__}")
+        raise InvalidTypeError(f"input must be a torch.Tensor of logits, got {type(input).__name__}")
     if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor of class indices, got "
+        raise InvalidTypeError(f"target must be a torch.Tensor of class indices, got "
                         f"{type(target).__name__}")
     if not input.is_floating_point():
-        raise TypeError(f"input must hold floating-point logits, got {input.dtype}; "
+        raise InvalidTypeError(f"input must hold floating-point logits, got {input.dtype}; "
                         f"convert with input.float()")
     if input.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"input dtype {input.dtype} is not supported: use float16, bfloat16, "
+        raise InvalidTypeError(f"input dtype {input.dtype} is not supported: use float16, bfloat16, "
                         f"float32 or float64")
     if target.is_floating_point() or target.is_complex():
-        raise TypeError(
+        raise InvalidTypeError(
             f"target must hold class indices (int64 or int32), got {target.dtype}; probability "
             f"(soft) targets are not supported: use torch.nn.functional.cross_entropy for them")
-    if target.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"target must be int64 or int32 class indices, got {target.dtype}; "
-                        f"convert with target.long()")
+    if target.dtype == torch.bool:
+        raise InvalidTypeError("target must hold class indices, got a bool tensor; convert with "
+                               "target.long()")
+    if target.dtype not in (torch.int64, torch.int32):  # uint8, int16, ...: as torch, any int
+        target = target.long()
     if target.device != input.device:
-        raise ValueError(f"target is on {target.device} but input is on {input.device}; "
+        raise InvalidValueError(f"target is on {target.device} but input is on {input.device}; "
                          f"move them to the same device")
     if input.dim() == 0:
-        raise ValueError("input must have a class dimension: shape (C,), (N, C) or (N, C, d1, ...)")
+        raise InvalidValueError("input must have a class dimension: shape (C,), (N, C) or (N, C, d1, ...)")
     if input.dim() == 1:  # (C,) logits with a 0-dim target
         if target.dim() != 0:
-            raise ValueError(f"for input of shape (C,) = {tuple(input.shape)}, target must be "
+            raise InvalidValueError(f"for input of shape (C,) = {tuple(input.shape)}, target must be "
                              f"0-dim, got shape {tuple(target.shape)}")
         logits, flat_target, out_shape = input.unsqueeze(0), target.reshape(1), target.shape
     else:
         expected = (input.shape[0], *input.shape[2:])
         if tuple(target.shape) != expected:
-            raise ValueError(
+            raise InvalidValueError(
                 f"target shape {tuple(target.shape)} does not match input shape "
                 f"{tuple(input.shape)}: expected {expected} (class dimension 1 of input removed)")
         if input.dim() == 2:
@@ -208,9 +220,9 @@ def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]
             logits = input.movedim(1, -1).reshape(-1, input.shape[1])
         flat_target, out_shape = target.reshape(-1), target.shape
     if logits.shape[1] == 0:
-        raise ValueError("input has 0 classes; cross-entropy needs at least one class")
+        raise InvalidValueError("input has 0 classes; cross-entropy needs at least one class")
     if logits.shape[1] > MAX_CLASSES:
-        raise ValueError(f"input has {logits.shape[1]} classes; at most {MAX_CLASSES} are "
+        raise InvalidValueError(f"input has {logits.shape[1]} classes; at most {MAX_CLASSES} are "
                          f"supported")
     if (logits.shape[1] - 1) * logits.stride(1) >= 2**31:
         # The kernels address a row's classes with 32-bit offsets (row offsets are 64-bit).
@@ -222,36 +234,69 @@ def _check_weight(weight, n_classes, logits) -> Optional[Tensor]:
     if weight is None:
         return None
     if not isinstance(weight, Tensor) or not weight.is_floating_point():
-        raise TypeError("weight must be a floating-point tensor of one weight per class")
+        raise InvalidTypeError("weight must be a floating-point tensor of one weight per class")
     if weight.shape != (n_classes,):
-        raise ValueError(f"weight must have shape (C,) = ({n_classes},), got "
+        raise InvalidValueError(f"weight must have shape (C,) = ({n_classes},), got "
                          f"{tuple(weight.shape)}")
     if weight.device != logits.device:
-        raise ValueError(f"weight is on {weight.device} but input is on {logits.device}")
+        raise InvalidValueError(f"weight is on {weight.device} but input is on {logits.device}")
     return weight.to(compute_dtype(logits.dtype)).contiguous()
 
 
 def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items) -> None:
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r}: expected one of {_REDUCTIONS}")
-    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing!r}: must be a float in [0, 1]")
-    if not isinstance(z_loss, numbers.Real) or z_loss < 0:
-        raise ValueError(f"z_loss={z_loss!r}: must be a float >= 0 (0 disables it)")
-    if softcap is not None and (not isinstance(softcap, numbers.Real) or not softcap > 0):
-        raise ValueError(f"softcap={softcap!r}: must be a float > 0, or None to disable it")
-    if not isinstance(logit_scale, numbers.Real) or not logit_scale > 0:
-        raise ValueError(f"logit_scale={logit_scale!r}: must be a float > 0")
+        raise ValueError(f"{reduction} is not a valid value for reduction: expected one of "
+                         f"{_REDUCTIONS}")
+    if not _is_real(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
+        raise InvalidValueError(f"label_smoothing must be between 0.0 and 1.0. Got: "
+                                f"{label_smoothing!r}")
+    if not _is_real(z_loss) or not 0 <= z_loss < math.inf:
+        raise InvalidValueError(f"z_loss={z_loss!r}: must be a finite float >= 0 (0 disables it)")
+    if softcap is not None and (not _is_real(softcap) or not 0 < softcap < math.inf):
+        raise InvalidValueError(f"softcap={softcap!r}: must be a finite float > 0, or None to "
+                                f"disable it")
+    if not _is_real(logit_scale) or not 0 < logit_scale < math.inf:
+        raise InvalidValueError(f"logit_scale={logit_scale!r}: must be a finite float > 0")
     if num_items is not None:
-        if reduction == "none":
-            raise ValueError("num_items divides the summed loss: use it with reduction='mean' "
-                             "or 'sum', not 'none'")
-        if isinstance(num_items, Tensor):
-            if num_items.dim() != 0:
-                raise ValueError(f"num_items must be a 0-dim tensor, got shape "
-                                 f"{tuple(num_items.shape)}")
-        elif isinstance(num_items, bool) or not isinstance(num_items, numbers.Real):
-            raise TypeError(f"num_items must be an int or a 0-dim tensor, got "
-                            f"{type(num_items).__name__}")
-        elif not num_items > 0:
-            raise ValueError(f"num_items={num_items!r}: must be > 0")
+        _check_num_items(num_items, reduction)
+
+
+def _check_num_items(num_items, reduction) -> None:
+    """A positive finite count. A tensor's value is checked where that costs no device sync
+    (host memory, outside torch.compile); on a GPU a count <= 0 gives an inf/NaN loss."""
+    if reduction == "none":
+        raise ValueError("num_items divides the summed loss: use it with reduction='mean' "
+                         "or 'sum', not 'none'")
+    if isinstance(num_items, Tensor):
+        if num_items.dim() != 0:
+            raise InvalidValueError(f"num_items must be a 0-dim tensor, got shape "
+                                    f"{tuple(num_items.shape)}")
+        if num_items.is_complex() or num_items.dtype == torch.bool:
+            raise InvalidTypeError(f"num_items must be a real number, got a {num_items.dtype} "
+                                   f"tensor")
+        if backend.can_check_on_host(num_items) and not torch.compiler.is_compiling():
+            if not bool((num_items > 0) & torch.isfinite(num_items)):
+                raise InvalidValueError(f"num_items={float(num_items)!r}: must be a finite "
+                                        f"count > 0")
+    elif isinstance(num_items, bool) or not isinstance(num_items, numbers.Real):
+        raise InvalidTypeError(f"num_items must be an int or a 0-dim tensor, got "
+                               f"{type(num_items).__name__}")
+    elif not 0 < num_items < math.inf:
+        raise InvalidValueError(f"num_items={num_items!r}: must be a finite count > 0")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def as_float_option(value, name: str):
+    """A float option given as a one-element tensor (torch accepts ``label_smoothing=
+    torch.tensor(0.1)``), read once on the host -- a device sync for a GPU tensor, as in torch;
+    anything else is returned as it is for :func:`_check_options` to judge."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise InvalidValueError(f"{name} must be a float (or a one-element real tensor), "
+                                    f"got a tensor of shape {tuple(value.shape)} and dtype "
+                                    f"{value.dtype}")
+        return float(value)
+    return value

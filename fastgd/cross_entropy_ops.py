@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import backend
+from . import backend, guard
 from . import cross_entropy_torch as torch_path
+from .errors import InvalidTypeError, InvalidValueError, TargetOutOfBoundsError
 from .launch_config import cross_entropy_launch
 
 
@@ -30,11 +31,38 @@ def check_target_range(target: Tensor, n_classes: int, ignore_index: int) -> Non
     bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
     if bad.any():
         value = target[bad][0].item()
-        raise ValueError(f"target contains {value}, outside [0, {n_classes}) and not "
-                         f"ignore_index={ignore_index}")
+        raise TargetOutOfBoundsError(f"Target {value} is out of bounds: outside [0, {n_classes}) "
+                                     f"and not ignore_index={ignore_index}")
 
 
 # --------------------------------------------------------------------------- Triton launchers
+def check_row_operands(logits, target, weight, *, lse=None, grad_ce=None, grad_lse=None,
+                       grad=None) -> None:
+    """The launch guard of the row kernels (:mod:`fastgd.guard`): every pointer belongs to a
+    tensor of the shape, dtype, device and layout the kernel assumes -- also when the ops are
+    called directly as ``torch.ops.fastgd.*`` rather than through :func:`fastgd.cross_entropy`,
+    which prepares them so."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise InvalidValueError("logits must be an (N, C) tensor")
+    n_rows, n_classes = logits.shape
+    device, compute = logits.device, compute_dtype(logits.dtype)
+    guard.require_tensor(logits, "logits", device=device)
+    if target.dtype not in (torch.int32, torch.int64):
+        raise InvalidTypeError(f"target has dtype {target.dtype}; the row kernels read int32 or "
+                               f"int64 class indices")
+    guard.require_tensor(target, "target", device=device, shape=(n_rows,), contiguous=True)
+    if weight is not None:
+        guard.require_tensor(weight, "weight", dtype=compute, device=device, shape=(n_classes,),
+                             contiguous=True)
+    for what, vector in (("lse", lse), ("grad_ce", grad_ce), ("grad_lse", grad_lse)):
+        if vector is not None:
+            guard.require_tensor(vector, what, dtype=compute, device=device, shape=(n_rows,),
+                                 contiguous=True)
+    if grad is not None:
+        guard.require_tensor(grad, "the gradient output", dtype=logits.dtype, device=device,
+                             shape=(n_rows, n_classes), writable=True)
+
+
 def _kernel_flags(logits, weight, label_smoothing, softcap):
     import triton.language as tl
 
@@ -62,6 +90,7 @@ def _launch_forward(logits, target, weight, ignore_index, label_smoothing, logit
     from .kernels.cross_entropy import cross_entropy_forward_kernel
 
     n_rows, n_classes = logits.shape
+    check_row_operands(logits, target, weight)
     ce = torch.empty(n_rows, dtype=compute_dtype(logits.dtype), device=logits.device)
     lse = torch.empty_like(ce)
     if n_rows == 0:
@@ -86,6 +115,8 @@ def _launch_backward(
     from .kernels.cross_entropy import cross_entropy_backward_kernel
 
     n_rows, n_classes = logits.shape
+    check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse,
+                       grad=grad)
     if n_rows == 0:
         return
     weight_sum = weight.sum() if weight is not None else lse

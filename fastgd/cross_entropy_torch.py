@@ -16,6 +16,15 @@ def _z(logits: torch.Tensor, logit_scale: float, softcap: float) -> torch.Tensor
     return z
 
 
+def _logsumexp(z: torch.Tensor) -> torch.Tensor:
+    """Row logsumexp as the kernels compute it, ``max + log(sum(exp(z - max)))``: NaN for a row
+    holding +inf (as F.cross_entropy), -inf for a row of -inf only. (torch.logsumexp returns
+    +inf for the former, which would make the loss inf where torch's is NaN.)"""
+    row_max = z.amax(dim=1, keepdim=True)
+    shift = torch.where(row_max == float("-inf"), 0.0, row_max)
+    return (shift + torch.log(torch.exp(z - shift).sum(dim=1, keepdim=True)))[:, 0]
+
+
 def _target_info(target, weight, n_classes, ignore_index, dtype):
     ignored = target == ignore_index
     in_range = (target >= 0) & (target < n_classes)
@@ -27,7 +36,7 @@ def _target_info(target, weight, n_classes, ignore_index, dtype):
 def rows_forward(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap):
     n_classes = logits.shape[1]
     z = _z(logits, logit_scale, softcap)
-    lse = torch.logsumexp(z, dim=1)
+    lse = _logsumexp(z)
     safe_target, ignored, in_range, w_t = _target_info(
         target, weight, n_classes, ignore_index, z.dtype
     )

@@ -14,12 +14,14 @@ agree option for option.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from .cross_entropy import _check_options, _check_weight, assemble_loss
+from .cross_entropy import _check_options, _check_weight, as_float_option, assemble_loss
+from .errors import InvalidTypeError, InvalidValueError
 from .linear_cross_entropy_ops import linear_cross_entropy_rows
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -57,12 +59,13 @@ def linear_cross_entropy(
     chunk; by default the largest power of two whose working set fits a fixed 1 GiB budget
     (decided from shapes alone: no host sync).
     """
+    label_smoothing = as_float_option(label_smoothing, "label_smoothing")
     _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
     rows, flat_target, out_shape = _as_rows(hidden, weight, target, bias)
     class_weight = _check_weight(class_weight, weight.shape[0], rows)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
-        raise ValueError(f"chunk_size={chunk_size!r}: must be an int >= 1, or None for the "
+        raise InvalidValueError(f"chunk_size={chunk_size!r}: must be an int >= 1, or None for the "
                          f"default from the memory budget")
 
     ce, lse = linear_cross_entropy_rows(
@@ -96,6 +99,7 @@ class LinearCrossEntropyLoss(nn.Module):
         chunk_size: Optional[int] = None,
     ) -> None:
         super().__init__()
+        label_smoothing = as_float_option(label_smoothing, "label_smoothing")
         _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, None)
         self.register_buffer("class_weight", class_weight)
         self.ignore_index = ignore_index
@@ -127,7 +131,7 @@ class LinearCrossEntropyLoss(nn.Module):
 # --------------------------------------------------------------------------- helpers
 def _check_tensor(value, name: str, what: str) -> None:
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor ({what}), got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be a torch.Tensor ({what}), got {type(value).__name__}")
 
 
 def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
@@ -136,36 +140,39 @@ def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
     _check_tensor(weight, "weight", "the (V, H) projection, as nn.Linear stores it")
     _check_tensor(target, "target", "class indices")
     if hidden.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"hidden dtype {hidden.dtype} is not supported: use float16, bfloat16, "
+        raise InvalidTypeError(f"hidden dtype {hidden.dtype} is not supported: use float16, bfloat16, "
                         f"float32 or float64")
     if hidden.dim() == 0:
-        raise ValueError("hidden must have a feature dimension: shape (*, H)")
+        raise InvalidValueError("hidden must have a feature dimension: shape (*, H)")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must have shape (V, H) with H = hidden.shape[-1] = "
+        raise InvalidValueError(f"weight must have shape (V, H) with H = hidden.shape[-1] = "
                          f"{hidden.shape[-1]}, got {tuple(weight.shape)}")
     if weight.shape[0] == 0:
-        raise ValueError("weight has 0 rows (V = 0 classes); cross-entropy needs at least one")
+        raise InvalidValueError("weight has 0 rows (V = 0 classes); cross-entropy needs at least one")
     for name, other in (("weight", weight), ("bias", bias)):
         if other is None:
             continue
         _check_tensor(other, name, "of hidden's dtype and device")
         if other.dtype != hidden.dtype:
-            raise TypeError(f"{name} dtype {other.dtype} differs from hidden dtype "
+            raise InvalidTypeError(f"{name} dtype {other.dtype} differs from hidden dtype "
                             f"{hidden.dtype}; convert one of them (as F.linear requires)")
         if other.device != hidden.device:
-            raise ValueError(f"{name} is on {other.device} but hidden is on {hidden.device}")
+            raise InvalidValueError(f"{name} is on {other.device} but hidden is on {hidden.device}")
     if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"bias must have shape (V,) = ({weight.shape[0]},), got "
+        raise InvalidValueError(f"bias must have shape (V,) = ({weight.shape[0]},), got "
                          f"{tuple(bias.shape)}")
-    if target.is_floating_point() or target.is_complex() or target.dtype not in (torch.int64,
-                                                                                   torch.int32):
-        raise TypeError(f"target must hold int64 or int32 class indices, got {target.dtype}; "
-                        f"convert with target.long()")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise InvalidTypeError(f"target must hold integer class indices, got {target.dtype}; "
+                               f"convert with target.long()")
+    if target.dtype not in (torch.int64, torch.int32):  # uint8, int16, ...: as torch, any int
+        target = target.long()
     if target.device != hidden.device:
-        raise ValueError(f"target is on {target.device} but hidden is on {hidden.device}")
+        raise InvalidValueError(f"target is on {target.device} but hidden is on {hidden.device}")
     if tuple(target.shape) != tuple(hidden.shape[:-1]):
-        raise ValueError(f"target shape {tuple(target.shape)} does not match hidden shape "
+        raise InvalidValueError(f"target shape {tuple(target.shape)} does not match hidden shape "
                          f"{tuple(hidden.shape)}: expected {tuple(hidden.shape[:-1])} (hidden "
                          f"without its last, feature dimension)")
-    rows = hidden.reshape(-1, hidden.shape[-1])
+    # (an explicit row count: reshape(-1, 0) is ambiguous when H = 0, where the logits are
+    # just the bias, or zeros, as F.linear gives)
+    rows = hidden.reshape(math.prod(hidden.shape[:-1]), hidden.shape[-1])
     return rows, target.reshape(-1).contiguous(), target.shape
