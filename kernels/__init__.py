@@ -24,7 +24,7 @@ if __name__ == "kernels":
         except OSError:  # not a folder: a zip file, an editable install's path-hook placeholder
             return False
 
-    def _hand_over() -> None:
+    def _other_kernels_spec() -> "importlib.machinery.ModuleSpec | None":
         del sys.modules["kernels"]  # so that find_spec searches instead of returning this module
         saved = sys.path[:]
         sys.path[:] = [entry for entry in saved if not _is_this_checkout(entry)]
@@ -32,6 +32,13 @@ if __name__ == "kernels":
             spec = importlib.util.find_spec("kernels")
         finally:
             sys.path[:] = saved
+        if spec is not None and spec.origin and os.path.isfile(spec.origin) and (
+                os.path.samefile(spec.origin, __file__)):
+            return None  # this file again, by a path the filter did not recognise
+        return spec
+
+    def _hand_over() -> None:
+        spec = _other_kernels_spec()
         if spec is None:
             spec = importlib.machinery.ModuleSpec("kernels", None, is_package=True)
             spec.submodule_search_locations = []
