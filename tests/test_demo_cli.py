@@ -89,6 +89,13 @@ def test_unknown_command_of_console_script(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
+def test_console_script_prints_its_version(capsys):
+    import fastgd
+
+    assert cli.fastgd_command(["--version"]) == 0
+    assert capsys.readouterr().out == f"fastgd {fastgd.__version__}\n"
+
+
 def test_compare_run_writes_metrics_plot_and_sample(capsys, tmp_path, toy_folder):
     status = cli.main(["--data", toy_folder, "--out", str(tmp_path), "--compare",
                        "--sample-bytes", "20", *TINY])
@@ -173,7 +180,7 @@ def test_ctrl_c_in_compare_then_resume_finishes_both_runs(capsys, monkeypatch, t
     assert cli.main(argv) == 130
     assert "--resume" in capsys.readouterr().out
     assert not (tmp_path / "torch").exists()
-    assert torch.load(tmp_path / "fastgd" / "last.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "fastgd" / "last.pt", weights_only=True)["step"] == 3
 
     monkeypatch.undo()
     assert cli.main([*argv, "--resume"]) == 0

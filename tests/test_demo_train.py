@@ -17,7 +17,8 @@ import fastgd
 from fastgd.demo import data
 from fastgd.demo.config import Config
 from fastgd.demo.report import Silent, max_curve_gap
-from fastgd.demo.train import StopRequest, train
+from fastgd.demo.stop import StopRequest
+from fastgd.demo.train import train
 from tolerances import TRAINING_CURVE_ATOL
 
 
@@ -123,19 +124,19 @@ def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, toy_corpus):
     straight = _run(tiny(tmp_path / "straight", toy_corpus, **options))
 
     stop = StopRequest()
-    with stop.catching_ctrl_c():
+    with stop.catching_signals():
         first = _run(cfg, reporter=_CtrlCAt(5), stop=stop)
     assert first.interrupted and first.steps_done == 5
-    saved = torch.load(tmp_path / "out" / "fastgd" / "last.pt", weights_only=False)
+    saved = torch.load(tmp_path / "out" / "fastgd" / "last.pt", weights_only=True)
     assert saved["step"] == 5
 
     resumed = _run(tiny(tmp_path, toy_corpus, resume=True, **options))
     assert resumed.steps_done == 8
     for column in ("train_loss", "val_loss", "lr"):
         assert resumed.tracker.curve(column) == straight.tracker.curve(column), column
-    end = torch.load(tmp_path / "out" / "fastgd" / "last.pt", weights_only=False)["model"]
+    end = torch.load(tmp_path / "out" / "fastgd" / "last.pt", weights_only=True)["model"]
     ref = torch.load(tmp_path / "straight" / "out" / "fastgd" / "last.pt",
-                     weights_only=False)["model"]
+                     weights_only=True)["model"]
     for name in ref:
         assert torch.equal(end[name], ref[name]), name
 
@@ -160,7 +161,7 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     # Stopped exactly `patience` evaluations after the best, each of them worse.
     assert result.steps_done == best_step + 2 * 2
     assert all(v > result.tracker.best_val for s, v in zip(steps, val) if s > best_step)
-    best = torch.load(tmp_path / "out" / "fastgd" / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "out" / "fastgd" / "best.pt", weights_only=True)
     assert best["step"] == best_step
     for name, tensor in result.model.state_dict().items():  # the best weights are returned
         assert torch.equal(tensor, best["model"][name]), name

@@ -1,5 +1,6 @@
-"""The demo from start to end: load the corpus, train the fastgd run (and the torch run with
-``--compare``), then write the metrics and the plot, print the summary and a text sample."""
+"""The demo from start to end: check that the run fits in memory, load the corpus, check the
+--out folder, train the fastgd run (and the torch run with ``--compare``), then write the metrics
+and the plot, print the summary and a text sample."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,21 +9,32 @@ import torch
 
 import fastgd
 
-from . import data
+from . import data, memory
 from .config import Config, ConfigError, with_overrides
 from .metrics import write_csv
 from .model import generate
 from .plot import save_plot
+from .recipe import STACKS
 from .report import comparison_lines, make_reporter, max_curve_gap, summary_table
-from .train import StopRequest, resolve_device, run_dir, train
+from .stop import StopRequest
+from .train import resolve_device, run_dir, train
+
+
+class Diverged(Exception):
+    """A run's loss stopped being finite (the CLI prints the message as one line); the metrics,
+    the plot and the summary were written first."""
 
 
 def run(cfg: Config, quiet: bool = False) -> int:
-    """Exit status: 0 when done (early stop included), 130 when interrupted."""
+    """Exit status: 0 when done (early stop included), 128 + the signal's number when stopped by
+    Ctrl-C (130) or SIGTERM (143). Raises :class:`Diverged` after writing the results of a run
+    whose loss became nan or inf."""
     device = _device(cfg)
+    memory.check_fits(cfg, device)
     say = (lambda *a: None) if quiet else print
     corpus = data.load_corpus(cfg.data)
     data.check_fits(corpus, cfg.context)
+    _claim_out(cfg)  # after every check that can refuse: --overwrite deletes
     say(f"corpus: {corpus.description}")
     say(f"        {corpus.n_train_files} training files ({corpus.train.numel():,} bytes), "
         f"{corpus.n_val_files} held out for validation ({corpus.val.numel():,} bytes)")
@@ -33,11 +45,11 @@ def run(cfg: Config, quiet: bool = False) -> int:
     resumable = _resumable(cfg, stacks)
     results = []
     stop = StopRequest()
-    with stop.catching_ctrl_c():
+    with stop.catching_signals():
         for stack in stacks:
             run_cfg = with_overrides(cfg, resume=stack in resumable)
             results.append(train(run_cfg, stack, corpus, device, reporter, stop))
-            if results[-1].interrupted:
+            if results[-1].interrupted or results[-1].diverged:
                 break
 
     out = Path(cfg.out)
@@ -51,15 +63,38 @@ def run(cfg: Config, quiet: bool = False) -> int:
             say(line)
     say(f"metrics: {out / 'metrics.csv'}   plot: {problem or out / 'demo.png'}   "
         f"checkpoints: {out}/<run>/best.pt, last.pt")
+    if results[-1].diverged:
+        raise Diverged(results[-1].diverged)
     if results[-1].interrupted:
         say(f"interrupted at step {results[-1].steps_done}; checkpoint saved. Continue with the "
             f"same command and --resume.")
-        return 130
+        return stop.exit_status
     if cfg.sample_bytes:
         say("\n--- sample from the fastgd run's best checkpoint "
             "(the first line of held-out text as the prompt) ---")
         say(_sample(results[0].model, corpus, cfg))
     return 0
+
+
+def _run_files(out: Path) -> list[Path]:
+    """What a run leaves in --out (the checkpoints of either stack, with or without --compare)."""
+    return [out / "metrics.csv", out / "demo.png",
+            *(out / stack / name for stack in STACKS for name in ("best.pt", "last.pt"))]
+
+
+def _claim_out(cfg: Config) -> None:
+    """A run never replaces an earlier one unasked: without --resume, an --out that holds a run
+    is refused, or emptied of it with --overwrite."""
+    if cfg.resume:
+        return
+    out = Path(cfg.out)
+    found = [p for p in _run_files(out) if p.is_file()]
+    if found and not cfg.overwrite:
+        names = ", ".join(str(p.relative_to(out)) for p in found)
+        raise ConfigError(f"--out {out} already holds a run ({names}); continue it with "
+                          f"--resume, or pass --overwrite to replace it (or another --out)")
+    for path in found:
+        path.unlink()
 
 
 def _resumable(cfg: Config, stacks: list[str]) -> set[str]:
@@ -97,7 +132,8 @@ def _setup_line(cfg: Config, device: torch.device) -> str:
             f"{' (clipping fused)' if cfg.max_grad_norm else ''}; --compare run: "
             f"F.cross_entropy + torch.optim.AdamW\n"
             f"model: {cfg.layers} layers x {cfg.dim} wide, {cfg.heads} heads, context "
-            f"{cfg.context}; {cfg.steps} steps x {cfg.tokens_per_step:,} tokens "
+            f"{cfg.context}; {cfg.steps} steps ({cfg.warmup_steps} of warmup) x "
+            f"{cfg.tokens_per_step:,} tokens "
             f"({cfg.batch_size} x {cfg.accum} x {cfg.context})")
 
 

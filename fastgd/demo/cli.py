@@ -1,6 +1,9 @@
 """Command line of the demo: ``python -m fastgd.demo [options]`` or ``fastgd demo [options]``.
 
-Bad options end with one line on stderr and exit status 2, never a traceback.
+Exit status: 0 done (early stop included); 2 a bad option, an --out that already holds a run,
+a checkpoint that cannot be resumed, a run too big for the memory -- one line on stderr, never a
+traceback; 3 the loss became nan or inf (one line on stderr, after the metrics and the plot);
+130 Ctrl-C and 143 SIGTERM (a checkpoint to --resume from).
 """
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import sys
 from typing import Optional
 
 from . import config as config_module
-from .config import BACKENDS, DEVICES, DTYPES, INTERPRETER_PRESET, Config, ConfigError
+from .config import (BACKENDS, DEVICES, DTYPES, INTERPRETER_PRESET, WARMUP_MAX, Config,
+                     ConfigError)
 
 PROG = "fastgd demo"
+DIVERGED_STATUS = 3
 _REEXEC_MARK = "FASTGD_DEMO_REEXEC"
 
 
@@ -55,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                      f"normalised by the tokens of all of them) [{d.accum}]")
     opt.add_argument("--lr", type=float, help=f"peak learning rate [{d.lr}]")
     opt.add_argument("--warmup", type=int, help="linear warmup steps, then cosine decay to "
-                     f"a tenth of --lr [{d.warmup}]")
+                     f"a tenth of --lr [a tenth of --steps, at most {WARMUP_MAX}]")
     opt.add_argument("--weight-decay", type=float, help="decoupled weight decay on weight "
                      f"matrices [{d.weight_decay}]")
     opt.add_argument("--max-grad-norm", type=_grad_norm, metavar="X|none",
@@ -82,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help=f"checkpoints, metrics.csv, demo.png [{d.out}]")
     run.add_argument("--resume", action="store_true", default=None,
                      help="continue the run whose checkpoints are in --out")
+    run.add_argument("--overwrite", action="store_true", default=None,
+                     help="replace the run already in --out (without it or --resume, an --out "
+                          "that holds a run is refused)")
     run.add_argument("--compare", action="store_true", default=None,
                      help="also run torch's cross_entropy + AdamW with the same seed, one plot")
     run.add_argument("--log-every", type=int, help=f"steps between logged losses [{d.log_every}]")
@@ -113,20 +121,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = parse(argv, backend.INTERPRETING)
         if cfg.backend == "interpret" and not backend.INTERPRETING:
             _reexec_interpreted(argv, backend.HAS_TRITON)
-        from .app import run
+        from .app import Diverged, run
         return run(cfg)
     except ConfigError as exc:
         return _fail(exc)
     except OSError as exc:  # e.g. an --out folder that cannot be written
         return _fail(exc)
+    except Diverged as exc:
+        return _fail(exc, DIVERGED_STATUS)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
 
 
-def _fail(exc: Exception) -> int:
+def _fail(exc: Exception, status: int = 2) -> int:
     print(f"{PROG}: error: {exc}", file=sys.stderr)
-    return 2
+    return status
 
 
 def _reexec_interpreted(argv: list[str], has_triton: bool) -> None:
@@ -144,12 +154,17 @@ def _reexec_interpreted(argv: list[str], has_triton: bool) -> None:
 
 
 def fastgd_command(argv: Optional[list[str]] = None) -> int:
-    """The ``fastgd`` console script: ``fastgd demo [options]``."""
+    """The ``fastgd`` console script: ``fastgd demo [options]``, ``fastgd --version``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"demo": main}
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: fastgd {{{','.join(commands)}}} [options]   (fastgd demo --help)")
+        print(f"usage: fastgd {{{','.join(commands)}}} [options]   (fastgd demo --help)\n"
+              f"       fastgd --version")
         return 0 if argv else 2
+    if argv[0] == "--version":
+        import fastgd
+        print(f"fastgd {fastgd.__version__}")
+        return 0
     if argv[0] not in commands:
         print(f"fastgd: error: unknown command {argv[0]!r}; expected one of {list(commands)}",
               file=sys.stderr)

@@ -1,8 +1,10 @@
-"""The demo's settings: one dataclass, its defaults, the smaller preset used when the Triton
-kernels run through the interpreter, and the checks that turn bad values into one-line errors."""
+"""The demo's settings: one dataclass, its defaults (and the ones that follow other options), the
+smaller preset used when the Triton kernels run through the interpreter, and the checks that turn
+bad values into one-line errors."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,7 +28,7 @@ class Config:
     batch_size: int = 16
     accum: int = 1
     lr: float = 3e-3
-    warmup: int = 40
+    warmup: Optional[int] = None  # None: follows --steps, see warmup_steps
     weight_decay: float = 0.1
     max_grad_norm: Optional[float] = 1.0
     label_smoothing: float = 0.0
@@ -43,6 +45,7 @@ class Config:
     backend: str = "auto"
     out: str = "fastgd-demo"
     resume: bool = False
+    overwrite: bool = False  # replace the run already in --out (without it, refuse)
     compare: bool = False
     log_every: int = 10
     sample_bytes: int = 300
@@ -52,16 +55,33 @@ class Config:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.accum * self.context
 
+    @property
+    def warmup_steps(self) -> int:
+        """--warmup, or by default a tenth of --steps up to WARMUP_MAX: a fixed default would
+        refuse every --steps below it."""
+        if self.warmup is not None:
+            return self.warmup
+        return min(WARMUP_MAX, self.steps // 10)
+
+
+WARMUP_MAX = 40
+SEED_LIMIT = 2**64  # torch's generators take seeds in [0, 2**64)
+
 
 # Through the interpreter the loss costs a few milliseconds per token (one kernel program per
 # token row, forward and backward): a smaller model, batch and run keep it to a few minutes.
 INTERPRETER_PRESET = dict(steps=60, batch_size=4, context=64, layers=2, dim=64, heads=4,
-                          warmup=6, eval_every=20, eval_sequences=16)
+                          eval_every=20, eval_sequences=16)
 
-# Options that shape the model or the data stream: a checkpoint can only be resumed with the
-# same values.
-RESUME_MUST_MATCH = ("data", "context", "layers", "dim", "heads", "seed", "batch_size", "accum",
-                     "steps", "warmup")
+
+def resume_identity(cfg: Config) -> dict:
+    """The options that shape the model, the data stream or the schedule, by flag: a checkpoint
+    can only be resumed with the same values (the warmup as resolved, given or not)."""
+    return {"--data": cfg.data, "--context": cfg.context, "--layers": cfg.layers,
+            "--dim": cfg.dim, "--heads": cfg.heads, "--seed": cfg.seed,
+            "--batch-size": cfg.batch_size, "--accum": cfg.accum, "--steps": cfg.steps,
+            "--warmup": cfg.warmup_steps}
+
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -76,7 +96,10 @@ def check(cfg: Config) -> None:
     """Raise :class:`ConfigError` naming the first bad option and what to do instead."""
     _positive(cfg, "steps", "batch_size", "accum", "context", "layers", "dim", "heads",
               "eval_every", "eval_sequences", "log_every")
-    _at_least(cfg, 0, "warmup", "weight_decay", "z_loss", "patience", "sample_bytes", "seed")
+    _finite(cfg, "lr", "weight_decay", "z_loss", "dropout", "label_smoothing", "max_grad_norm")
+    _at_least(cfg, 0, "weight_decay", "z_loss", "patience", "sample_bytes", "seed")
+    if cfg.seed >= SEED_LIMIT:
+        raise ConfigError(f"--seed {cfg.seed}: must be below 2**64 = {SEED_LIMIT}")
     if not cfg.lr > 0:
         raise ConfigError(f"--lr {cfg.lr}: the learning rate must be > 0")
     if cfg.dim % cfg.heads:
@@ -88,8 +111,13 @@ def check(cfg: Config) -> None:
     if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:
         raise ConfigError(f"--max-grad-norm {cfg.max_grad_norm}: must be > 0 (or 'none' to "
                           f"disable clipping)")
-    if cfg.warmup >= cfg.steps:
-        raise ConfigError(f"--warmup {cfg.warmup} must be smaller than --steps {cfg.steps}")
+    if cfg.warmup is not None:
+        _at_least(cfg, 0, "warmup")
+        if cfg.warmup >= cfg.steps:
+            raise ConfigError(f"--warmup {cfg.warmup} must be smaller than --steps {cfg.steps}")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume continues the run in --out, --overwrite replaces it: pass "
+                          "one of them")
     for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("backend", BACKENDS)):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"--{name} {getattr(cfg, name)}: expected one of {allowed}")
@@ -102,6 +130,14 @@ def _positive(cfg: Config, *names: str) -> None:
     for name in names:
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"--{_flag(name)} {getattr(cfg, name)}: must be > 0")
+
+
+def _finite(cfg: Config, *names: str) -> None:
+    """inf and nan parse as floats but are never meant (and nan passes no comparison)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"--{_flag(name)} {value}: must be a finite number")
 
 
 def _at_least(cfg: Config, low: float, *names: str) -> None:

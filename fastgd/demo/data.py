@@ -142,7 +142,8 @@ def windows(tokens: torch.Tensor, starts: torch.Tensor, context: int):
 def train_batch(tokens: torch.Tensor, step: int, seed: int, n_sequences: int, context: int):
     """The sequences of optimizer step ``step``: random windows drawn from a generator seeded by
     ``(seed, step)``, so a resumed run sees exactly the batches of an uninterrupted one."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    # torch takes seeds in [0, 2**64); below that the modulo changes nothing.
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**64)
     starts = torch.randint(0, tokens.numel() - context, (n_sequences,), generator=generator)
     return windows(tokens, starts, context)
 

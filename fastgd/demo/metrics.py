@@ -16,9 +16,11 @@ class Row:
     tokens: int  # training tokens seen
     elapsed_s: float  # training time so far (evaluations excluded)
     lr: float
-    train_loss: float = math.nan  # mean over the steps since the previous row
-    grad_norm: float = math.nan  # before clipping, at the last of those steps
-    val_loss: float = math.nan  # only on evaluation rows
+    # None where not measured (an empty cell in metrics.csv); a measured nan or inf stays one
+    # ("nan", "inf"): it is how a diverged run shows.
+    train_loss: Optional[float] = None  # mean over the steps since the previous row
+    grad_norm: Optional[float] = None  # before clipping, at the last of those steps
+    val_loss: Optional[float] = None  # only on evaluation rows
 
 
 class Tracker:
@@ -49,8 +51,9 @@ class Tracker:
         return self.patience > 0 and self.bad_evals >= self.patience
 
     def curve(self, column: str) -> tuple[list[int], list[float]]:
+        """The steps where ``column`` was measured and its values (nan included)."""
         pairs = [(r.step, getattr(r, column)) for r in self.rows
-                 if not math.isnan(getattr(r, column))]
+                 if getattr(r, column) is not None]
         return [s for s, _ in pairs], [v for _, v in pairs]
 
     def state_dict(self) -> dict:
@@ -74,6 +77,8 @@ def write_csv(path: Path, trackers: list[Tracker]) -> None:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        return f"{value:.6g}"  # nan and inf as "nan" and "inf"
     return str(value)

@@ -29,7 +29,7 @@ class Reporter:
 
     def evaluated(self, row: Row, is_best: bool) -> None:
         mark = "  (best so far, saved)" if is_best else ""
-        train = "" if math.isnan(row.train_loss) else f"  train {row.train_loss:.4f}"
+        train = "" if row.train_loss is None else f"  train {row.train_loss:.4f}"
         self.say(f"[{self.run}] step {row.step:5d}{train}  val {row.val_loss:.4f}{mark}")
 
     def close(self) -> None:
@@ -140,19 +140,19 @@ UNSTABLE_GAP = 1e-3
 
 
 def max_curve_gap(a, b) -> float:
-    """Largest difference between two runs' losses at the steps both logged."""
-    gap = 0.0
+    """Largest difference between two runs' losses at the steps both logged (nan when either
+    logged a nan there: a diverged run is not "close")."""
+    gaps = [0.0]
     for column in ("train_loss", "val_loss"):
         theirs = dict(zip(*b.curve(column)))
-        for step, value in zip(*a.curve(column)):
-            if step in theirs:
-                gap = max(gap, abs(value - theirs[step]))
-    return gap
+        gaps += [abs(value - theirs[step]) for step, value in zip(*a.curve(column))
+                 if step in theirs]
+    return math.nan if any(math.isnan(g) for g in gaps) else max(gaps)
 
 
 def _steps(result) -> str:
-    why = " (early stop)" if result.stopped_early else (
-        " (interrupted)" if result.interrupted else "")
+    why = (" (diverged)" if result.diverged else " (early stop)" if result.stopped_early
+           else " (interrupted)" if result.interrupted else "")
     return f"{result.steps_done}{why}"
 
 

@@ -1,10 +1,16 @@
 """One training run of the demo: batches, loss, backward, optimizer step, learning-rate schedule,
-held-out evaluation, early stopping, checkpoints -- for either stack of :mod:`.recipe`."""
+held-out evaluation, early stopping, checkpoints -- for either stack of :mod:`.recipe`.
+
+A loss that is not finite (nan or inf: the run diverged) stops the run. It is looked for where
+the loop reads the loss anyway -- each logged row (the mean of the steps since the previous one,
+which is non-finite when any of them was) and each evaluation -- so training adds no host sync
+per step. No checkpoint is written after a non-finite loss: ``best.pt`` and ``last.pt`` keep the
+last finite state.
+"""
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,7 @@ from . import checkpoint, data, recipe
 from .config import Config
 from .metrics import Tracker
 from .model import TinyGPT
+from .stop import StopRequest
 
 
 @dataclass
@@ -33,31 +40,7 @@ class RunResult:
     backend: str  # the fastgd backend that ran ("torch" for the torch stack's own ops)
     stopped_early: bool
     interrupted: bool
-
-
-class StopRequest:
-    """Ctrl-C asks the loop to stop at the next step boundary (a second Ctrl-C stops at once), so
-    the checkpoint it saves describes whole steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextlib.contextmanager
-    def catching_ctrl_c(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    diverged: Optional[str] = None  # one line: what was not finite, and what was kept
 
 
 def run_dir(cfg: Config, stack: str) -> Path:
@@ -67,7 +50,8 @@ def run_dir(cfg: Config, stack: str) -> Path:
 def train(cfg: Config, stack: str, corpus: data.Corpus, device: torch.device,
           reporter, stop: Optional[StopRequest] = None) -> RunResult:
     """Train ``stack``'s run of ``cfg`` (resuming it when ``cfg.resume``); stops at
-    ``cfg.steps``, on early stopping, or at the step boundary after Ctrl-C."""
+    ``cfg.steps``, on early stopping, at the step boundary after Ctrl-C or SIGTERM, or at the
+    first logged loss that is not finite."""
     forced = fastgd.force_backend("torch") if cfg.backend == "torch" else contextlib.nullcontext()
     with forced:
         return _Run(cfg, stack, corpus, device, reporter, stop or StopRequest()).loop()
@@ -83,7 +67,7 @@ class _Run:
                              cfg.dropout).to(device)
         self.update = recipe.make_update(stack, self.model, cfg.lr, cfg.weight_decay,
                                          cfg.max_grad_norm)
-        self.schedule = recipe.make_schedule(self.update.optimizer, cfg.warmup, cfg.steps)
+        self.schedule = recipe.make_schedule(self.update.optimizer, cfg.warmup_steps, cfg.steps)
         self.loss_fn = recipe.make_loss(stack, cfg.label_smoothing, cfg.z_loss, cfg.fused_linear)
         # Validation measures plain cross-entropy, whatever the training loss adds.
         self.eval_loss_fn = recipe.make_loss(stack, 0.0, 0.0, cfg.fused_linear)
@@ -93,12 +77,13 @@ class _Run:
         starts = data.eval_starts(corpus.val, cfg.eval_sequences, cfg.context)
         self.val_x, self.val_y = (t.to(device) for t in data.windows(corpus.val, starts,
                                                                       cfg.context))
+        self.loss_sum = torch.zeros((), device=device)  # training losses since the last row
+        self.steps_in_sum = 0
+        self.saved_at: Optional[int] = None  # the step last.pt holds
+        self.diverged: Optional[str] = None  # what was not finite, once something was
         self.step = self._resume() if cfg.resume else self._fresh()
-        self.saved_at: Optional[int] = None
         self.train_time = self.tracker.rows[-1].elapsed_s if self.tracker.rows else 0.0
         self.session_tokens, self.session_time = 0, 0.0
-        self.loss_sum = torch.zeros((), device=device)
-        self.steps_in_sum = 0
 
     def _fresh(self) -> int:
         # A fresh run must not report or sample a previous run's checkpoints.
@@ -108,11 +93,16 @@ class _Run:
 
     def _resume(self) -> int:
         state = checkpoint.load(self.out / "last.pt", self.cfg, self.stack)
+        if (self.out / "best.pt").is_file():  # read at the end: a bad one must stop us now
+            checkpoint.load(self.out / "best.pt", self.cfg, self.stack)
         self.model.load_state_dict(state["model"])
         self.update.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.tracker.load_state_dict(state["tracker"])
+        self.loss_sum = state["running_loss"]["sum"].to(self.device)
+        self.steps_in_sum = state["running_loss"]["steps"]
         checkpoint.restore_rng(state)
+        self.saved_at = state["step"]
         return state["step"]
 
     def loop(self) -> RunResult:
@@ -140,10 +130,14 @@ class _Run:
                 self.train_time += now - tick
                 self.session_time += now - tick
                 row = self._log(grad_norm)
-                if is_eval:
+                if is_eval and not self.diverged:
                     self._evaluate(row)
+                if self.diverged:
+                    break
                 tick = time.perf_counter()
-        if self.saved_at != self.step or interrupted:
+        if interrupted:
+            self._check_unlogged_steps()
+        if not self.diverged and (self.saved_at != self.step or interrupted):
             self._save("last.pt")
         self.reporter.close()
         return self._result(stopped_early or self.tracker.should_stop, interrupted)
@@ -173,16 +167,38 @@ class _Run:
             step=self.step, tokens=self.step * self.cfg.tokens_per_step,
             elapsed_s=self.train_time, lr=self.schedule.get_last_lr()[0],
             train_loss=(self.loss_sum / self.steps_in_sum).item(),
-            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"))
+            grad_norm=float(grad_norm) if grad_norm is not None else None)
         self.loss_sum.zero_()
         self.steps_in_sum = 0
         self.reporter.logged(row)
+        if not math.isfinite(row.train_loss):
+            self._diverge(f"the mean training loss of the steps up to {self.step} is "
+                          f"{row.train_loss}")
         return row
+
+    def _check_unlogged_steps(self) -> None:
+        """Before a checkpoint between logged rows: the losses not logged yet, and the weights
+        the last update wrote (read once, when stopping)."""
+        finite = torch.stack([self.loss_sum.isfinite(),
+                              *(p.isfinite().all() for p in self.model.parameters())]).all()
+        if not finite.item():
+            self._diverge(f"a training loss or a weight is not finite at step {self.step}")
+
+    def _diverge(self, what: str) -> None:
+        kept = (f"best.pt (step {self.tracker.best_step}, val loss "
+                f"{self.tracker.best_val:.4f}) and last.pt (step {self.saved_at}) are kept"
+                if self.saved_at is not None else "no checkpoint was written")
+        self.diverged = (f"the {self.stack} run diverged: {what}; stopped there. {kept}. Try a "
+                         f"lower --lr or a longer --warmup, with --overwrite to start over")
 
     def _evaluate(self, row) -> None:
         """Validation loss into ``row``; checkpoints: ``best.pt`` on a new best, ``last.pt``."""
         row.val_loss = evaluate(self.model, self.eval_loss_fn, self.val_x, self.val_y,
                                 self.cfg.batch_size, self.autocast)
+        if not math.isfinite(row.val_loss):
+            self._diverge(f"the validation loss at step {self.step} is {row.val_loss}")
+            self.reporter.evaluated(row, False)
+            return
         is_best = self.tracker.evaluated(row.val_loss)
         if is_best:
             self._save("best.pt")
@@ -192,14 +208,15 @@ class _Run:
     def _save(self, name: str) -> None:
         checkpoint.save(self.out / name, cfg=self.cfg, stack=self.stack, step=self.step,
                         model=self.model, optimizer=self.update.optimizer,
-                        schedule=self.schedule, tracker=self.tracker)
+                        schedule=self.schedule, tracker=self.tracker,
+                        running_loss={"sum": self.loss_sum, "steps": self.steps_in_sum})
         if name == "last.pt":
             self.saved_at = self.step
 
     def _result(self, stopped_early: bool, interrupted: bool) -> RunResult:
         best = self.out / "best.pt"
         if best.is_file():
-            state = torch.load(best, map_location=self.device, weights_only=False)
+            state = checkpoint.load(best, self.cfg, self.stack, map_location=self.device)
             self.model.load_state_dict(state["model"])
         peak, memory_kind = _peak_memory(self.device)
         probe = self.val_y.new_empty(0)
@@ -209,7 +226,7 @@ class _Run:
             wall_time_s=time.perf_counter() - self.wall_start, peak_memory=peak,
             memory_kind=memory_kind,
             backend=fastgd.backend.backend_for(probe) if self.stack == "fastgd" else "torch",
-            stopped_early=stopped_early, interrupted=interrupted)
+            stopped_early=stopped_early, interrupted=interrupted, diverged=self.diverged)
 
 
 @torch.no_grad()
@@ -233,10 +250,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _autocast(cfg: Config, device: torch.device):
+def uses_bf16(cfg: Config, device: torch.device) -> bool:
     # bfloat16 autocast where it pays (GPUs); float32 on CPUs, where bf16 matmuls are slow.
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
+    return cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+
+
+def _autocast(cfg: Config, device: torch.device):
+    if not uses_bf16(cfg, device):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
