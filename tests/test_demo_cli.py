@@ -89,6 +89,13 @@ def test_unknown_command_of_console_script(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
+def test_help_exits_0_and_lists_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    assert "exit status:" in capsys.readouterr().out
+
+
 def test_console_script_prints_its_version(capsys):
     import fastgd
 

@@ -4,5 +4,6 @@ and optimizer, optionally side by side with PyTorch's (``--compare``).
 Modules: :mod:`.data` (corpus, batches), :mod:`.model` (the GPT), :mod:`.recipe` (the loss and
 optimizer of each stack -- the part fastgd replaces), :mod:`.train` (the loop),
 :mod:`.metrics`, :mod:`.report`, :mod:`.plot`, :mod:`.checkpoint`, :mod:`.config`,
-:mod:`.app` (the whole demo) and :mod:`.cli` (its command line).
+:mod:`.memory` (does it fit), :mod:`.stop` (Ctrl-C and SIGTERM), :mod:`.app` (the whole demo)
+and :mod:`.cli` (its command line).
 """

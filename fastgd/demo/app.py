@@ -10,7 +10,7 @@ import torch
 import fastgd
 
 from . import data, memory
-from .config import Config, ConfigError, with_overrides
+from .config import Config, ConfigError, Diverged, with_overrides
 from .metrics import write_csv
 from .model import generate
 from .plot import save_plot
@@ -18,11 +18,6 @@ from .recipe import STACKS
 from .report import comparison_lines, make_reporter, max_curve_gap, summary_table
 from .stop import StopRequest
 from .train import resolve_device, run_dir, train
-
-
-class Diverged(Exception):
-    """A run's loss stopped being finite (the CLI prints the message as one line); the metrics,
-    the plot and the summary were written first."""
 
 
 def run(cfg: Config, quiet: bool = False) -> int:

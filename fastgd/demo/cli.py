@@ -1,9 +1,7 @@
 """Command line of the demo: ``python -m fastgd.demo [options]`` or ``fastgd demo [options]``.
 
-Exit status: 0 done (early stop included); 2 a bad option, an --out that already holds a run,
-a checkpoint that cannot be resumed, a run too big for the memory -- one line on stderr, never a
-traceback; 3 the loss became nan or inf (one line on stderr, after the metrics and the plot);
-130 Ctrl-C and 143 SIGTERM (a checkpoint to --resume from).
+Whatever goes wrong ends in one line on stderr, never a traceback; the exit statuses are
+:data:`EXIT_STATUSES` (which ``--help`` prints).
 """
 from __future__ import annotations
 
@@ -14,10 +12,16 @@ from typing import Optional
 
 from . import config as config_module
 from .config import (BACKENDS, DEVICES, DTYPES, INTERPRETER_PRESET, WARMUP_MAX, Config,
-                     ConfigError)
+                     ConfigError, Diverged)
 
 PROG = "fastgd demo"
 DIVERGED_STATUS = 3
+EXIT_STATUSES = (
+    "exit status: 0 done (early stop included); 2 a bad option, an --out that already holds a "
+    "run (--resume or --overwrite), a checkpoint that cannot be resumed, or a model too big for "
+    f"the memory; {DIVERGED_STATUS} the loss became nan or inf (after writing the metrics and the "
+    "plot); 130 Ctrl-C, 143 SIGTERM (both stop at a step boundary and save a checkpoint to "
+    "--resume from)")
 _REEXEC_MARK = "FASTGD_DEMO_REEXEC"
 
 
@@ -43,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=(
         "Train a small byte-level GPT with fastgd's cross-entropy and AdamW, optionally beside "
         "the same run with torch's. The defaults train for about 75 s on an idle 2-core CPU "
-        "(twice that with --compare)."))
+        "(twice that with --compare)."), epilog=EXIT_STATUSES)
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="PATH", help="a text file or a folder of them "
                       "(default: a sample of this Python's standard library sources)")
@@ -121,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = parse(argv, backend.INTERPRETING)
         if cfg.backend == "interpret" and not backend.INTERPRETING:
             _reexec_interpreted(argv, backend.HAS_TRITON)
-        from .app import Diverged, run
+        from .app import run
         return run(cfg)
     except ConfigError as exc:
         return _fail(exc)

@@ -13,6 +13,11 @@ class ConfigError(ValueError):
     """A bad option (the CLI prints it as one line)."""
 
 
+class Diverged(Exception):
+    """A run's loss stopped being finite (the CLI prints it as one line, after the metrics, the
+    plot and the summary were written)."""
+
+
 @dataclass
 class Config:
     # data
