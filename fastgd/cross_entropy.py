@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from . import backend, guard
 from .cross_entropy_ops import compute_dtype, cross_entropy_rows
-from .errors import InvalidTypeError, InvalidValueError
+from .errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
 
 _REDUCTIONS = ("none", "mean", "sum")
 # The kernels' tile loop counts classes in int32: leave room for the last tile's start.
@@ -179,19 +179,21 @@ def _as_denominator(num_items, like: Tensor):
 def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
     """``(N, C)`` logits, ``(N,)`` targets and the shape of a per-element loss."""
     if not isinstance(input, Tensor):
-        raise InvalidTypeError(f"input must be a torch.Tensor of logits, got {type(input).__name__}")
+        raise InvalidTypeError(f"input must be a torch.Tensor of logits, got "
+                               f"{type(input).__name__}")
     if not isinstance(target, Tensor):
         raise InvalidTypeError(f"target must be a torch.Tensor of class indices, got "
-                        f"{type(target).__name__}")
+                               f"{type(target).__name__}")
     if not input.is_floating_point():
-        raise InvalidTypeError(f"input must hold floating-point logits, got {input.dtype}; "
-                        f"convert with input.float()")
+        raise UnsupportedDtypeError(f"input must hold floating-point logits, got {input.dtype}; "
+                                    f"convert with input.float()")
     if input.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise InvalidTypeError(f"input dtype {input.dtype} is not supported: use float16, bfloat16, "
-                        f"float32 or float64")
+        raise UnsupportedDtypeError(f"input dtype {input.dtype} is not supported: use float16, "
+                                    f"bfloat16, "
+                                    f"float32 or float64")
     if target.is_floating_point() or target.is_complex():
         raise InvalidTypeError(
-            f"target must hold class indices (int64 or int32), got {target.dtype}; probability "
+            f"target must hold integer class indices, got {target.dtype}; probability "
             f"(soft) targets are not supported: use torch.nn.functional.cross_entropy for them")
     if target.dtype == torch.bool:
         raise InvalidTypeError("target must hold class indices, got a bool tensor; convert with "
@@ -200,13 +202,15 @@ def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]
         target = target.long()
     if target.device != input.device:
         raise InvalidValueError(f"target is on {target.device} but input is on {input.device}; "
-                         f"move them to the same device")
+                                f"move them to the same device")
     if input.dim() == 0:
-        raise InvalidValueError("input must have a class dimension: shape (C,), (N, C) or (N, C, d1, ...)")
+        raise InvalidValueError("input must have a class dimension: shape (C,), (N, C) or "
+                                "(N, C, d1, ...)")
     if input.dim() == 1:  # (C,) logits with a 0-dim target
         if target.dim() != 0:
-            raise InvalidValueError(f"for input of shape (C,) = {tuple(input.shape)}, target must be "
-                             f"0-dim, got shape {tuple(target.shape)}")
+            raise InvalidValueError(f"for input of shape (C,) = {tuple(input.shape)}, target "
+                                    f"must be "
+                                    f"0-dim, got shape {tuple(target.shape)}")
         logits, flat_target, out_shape = input.unsqueeze(0), target.reshape(1), target.shape
     else:
         expected = (input.shape[0], *input.shape[2:])
@@ -223,7 +227,7 @@ def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]
         raise InvalidValueError("input has 0 classes; cross-entropy needs at least one class")
     if logits.shape[1] > MAX_CLASSES:
         raise InvalidValueError(f"input has {logits.shape[1]} classes; at most {MAX_CLASSES} are "
-                         f"supported")
+                                f"supported")
     if (logits.shape[1] - 1) * logits.stride(1) >= 2**31:
         # The kernels address a row's classes with 32-bit offsets (row offsets are 64-bit).
         logits = logits.contiguous()
@@ -237,7 +241,7 @@ def _check_weight(weight, n_classes, logits) -> Optional[Tensor]:
         raise InvalidTypeError("weight must be a floating-point tensor of one weight per class")
     if weight.shape != (n_classes,):
         raise InvalidValueError(f"weight must have shape (C,) = ({n_classes},), got "
-                         f"{tuple(weight.shape)}")
+                                f"{tuple(weight.shape)}")
     if weight.device != logits.device:
         raise InvalidValueError(f"weight is on {weight.device} but input is on {logits.device}")
     return weight.to(compute_dtype(logits.dtype)).contiguous()

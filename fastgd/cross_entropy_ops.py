@@ -147,6 +147,7 @@ def cross_entropy_rows(
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``(ce, lse)``; ``softcap <= 0`` means no soft cap. ``inplace_backward`` only
     tells the backward where to write."""
+    check_row_operands(logits, target, weight)  # on both paths: one behaviour for bad input
     if backend.can_check_on_host(target):  # inside the op: eager, and opaque to torch.compile
         check_target_range(target, logits.shape[1], ignore_index)
     args = (logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap)
@@ -174,6 +175,7 @@ def cross_entropy_rows_backward(
     logit_scale: float,
     softcap: float,
 ) -> Tensor:
+    check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse)
     args = (target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
             softcap)
     if backend.uses_kernels(logits):
@@ -203,6 +205,8 @@ def cross_entropy_rows_backward_(
     softcap: float,
 ) -> None:
     """As ``cross_entropy_rows_backward``, writing the gradient over ``logits``."""
+    check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse,
+                       grad=logits)
     args = (target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
             softcap)
     if backend.uses_kernels(logits):

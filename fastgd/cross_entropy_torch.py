@@ -62,15 +62,18 @@ def rows_backward(
     )
     g_ce = torch.where(ignored, 0.0, torch.where(in_range, grad_ce.to(z.dtype), float("nan")))
     p = torch.exp(z - lse[:, None].to(z.dtype))
-    coef_true = g_ce * (1.0 - label_smoothing) * w_t
-    coef_p = coef_true + (grad_lse.to(z.dtype) if grad_lse is not None else 0.0)
-    dz = coef_p[:, None] * p
-    dz.scatter_add_(1, safe_target[:, None], -coef_true[:, None])
+    coef_true = g_ce * (1.0 - label_smoothing) * w_t  # times (p_c - [c == t])
+    coef_p = grad_lse.to(z.dtype) if grad_lse is not None else torch.zeros_like(g_ce)  # times p_c
+    coef_w = g_ce * label_smoothing / n_classes  # times -w_c
     if label_smoothing > 0:
         w = weight.to(z.dtype) if weight is not None else None
-        w_sum = w.sum() if w is not None else n_classes
-        coef_w = g_ce * label_smoothing / n_classes
-        dz += (coef_w * w_sum)[:, None] * p
+        coef_p = coef_p + coef_w * (w.sum() if w is not None else n_classes)
+    # As the kernel (see its comment): coef_true times (p - onehot) with p_t - 1 exact near 1,
+    # here in place as (coef_true + coef_p) * (p - onehot) + coef_p * onehot.
+    p.scatter_add_(1, safe_target[:, None], torch.full_like(p[:, :1], -1.0))
+    dz = p.mul_((coef_true + coef_p)[:, None])
+    dz.scatter_add_(1, safe_target[:, None], coef_p[:, None])
+    if label_smoothing > 0:
         dz -= coef_w[:, None] * (w[None, :] if w is not None else 1.0)
     if softcap > 0:
         dz = dz * (1.0 - (z / softcap) ** 2)

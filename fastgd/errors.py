@@ -18,3 +18,8 @@ class InvalidTypeError(TypeError, RuntimeError):
 
 class TargetOutOfBoundsError(IndexError, ValueError):
     """A class index outside ``[0, C)`` that is not ``ignore_index`` (torch: ``IndexError``)."""
+
+
+class UnsupportedDtypeError(TypeError, NotImplementedError):
+    """A dtype fastgd's kernels do not handle (torch: ``NotImplementedError``, e.g. integer
+    logits)."""

@@ -78,6 +78,8 @@ def require_like(t, reference: Tensor, what: str, fix: str = "") -> Tensor:
 def has_internal_overlap(t: Tensor) -> bool:
     """True when two elements of ``t`` may share an address (conservative: strides sorted
     ascending must each step past everything the smaller ones span)."""
+    if t.numel() == 0:
+        return False
     span = 0  # elements covered by the dimensions seen so far, minus one
     for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
         if stride <= span:

@@ -66,7 +66,7 @@ def linear_cross_entropy(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise InvalidValueError(f"chunk_size={chunk_size!r}: must be an int >= 1, or None for the "
-                         f"default from the memory budget")
+                                f"default from the memory budget")
 
     ce, lse = linear_cross_entropy_rows(
         rows, weight, bias, flat_target, class_weight, int(ignore_index), float(label_smoothing),
@@ -131,7 +131,8 @@ class LinearCrossEntropyLoss(nn.Module):
 # --------------------------------------------------------------------------- helpers
 def _check_tensor(value, name: str, what: str) -> None:
     if not isinstance(value, Tensor):
-        raise InvalidTypeError(f"{name} must be a torch.Tensor ({what}), got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be a torch.Tensor ({what}), got "
+                               f"{type(value).__name__}")
 
 
 def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
@@ -140,27 +141,29 @@ def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
     _check_tensor(weight, "weight", "the (V, H) projection, as nn.Linear stores it")
     _check_tensor(target, "target", "class indices")
     if hidden.dtype not in _FLOAT_DTYPES:
-        raise InvalidTypeError(f"hidden dtype {hidden.dtype} is not supported: use float16, bfloat16, "
-                        f"float32 or float64")
+        raise InvalidTypeError(f"hidden dtype {hidden.dtype} is not supported: use float16, "
+                               f"bfloat16, "
+                               f"float32 or float64")
     if hidden.dim() == 0:
         raise InvalidValueError("hidden must have a feature dimension: shape (*, H)")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise InvalidValueError(f"weight must have shape (V, H) with H = hidden.shape[-1] = "
-                         f"{hidden.shape[-1]}, got {tuple(weight.shape)}")
+                                f"{hidden.shape[-1]}, got {tuple(weight.shape)}")
     if weight.shape[0] == 0:
-        raise InvalidValueError("weight has 0 rows (V = 0 classes); cross-entropy needs at least one")
+        raise InvalidValueError("weight has 0 rows (V = 0 classes); cross-entropy needs at "
+                                "least one")
     for name, other in (("weight", weight), ("bias", bias)):
         if other is None:
             continue
         _check_tensor(other, name, "of hidden's dtype and device")
         if other.dtype != hidden.dtype:
             raise InvalidTypeError(f"{name} dtype {other.dtype} differs from hidden dtype "
-                            f"{hidden.dtype}; convert one of them (as F.linear requires)")
+                                   f"{hidden.dtype}; convert one of them (as F.linear requires)")
         if other.device != hidden.device:
             raise InvalidValueError(f"{name} is on {other.device} but hidden is on {hidden.device}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise InvalidValueError(f"bias must have shape (V,) = ({weight.shape[0]},), got "
-                         f"{tuple(bias.shape)}")
+                                f"{tuple(bias.shape)}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise InvalidTypeError(f"target must hold integer class indices, got {target.dtype}; "
                                f"convert with target.long()")
@@ -170,8 +173,9 @@ def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
         raise InvalidValueError(f"target is on {target.device} but hidden is on {hidden.device}")
     if tuple(target.shape) != tuple(hidden.shape[:-1]):
         raise InvalidValueError(f"target shape {tuple(target.shape)} does not match hidden shape "
-                         f"{tuple(hidden.shape)}: expected {tuple(hidden.shape[:-1])} (hidden "
-                         f"without its last, feature dimension)")
+                                f"{tuple(hidden.shape)}: expected {tuple(hidden.shape[:-1])} "
+                                f"(hidden "
+                                f"without its last, feature dimension)")
     # (an explicit row count: reshape(-1, 0) is ambiguous when H = 0, where the logits are
     # just the bias, or zeros, as F.linear gives)
     rows = hidden.reshape(math.prod(hidden.shape[:-1]), hidden.shape[-1])

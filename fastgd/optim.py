@@ -300,7 +300,8 @@ def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[T
         else:
             if p.device.type != "meta":  # torch steps meta tensors without touching memory
                 optim_launch.check_memory(name, p, {"gradient": grad, **{
-                    key: state.get(key) for key in _STATE_KEYS}}, state["step"])
+                    key: state.get(key) for key in _STATE_KEYS}}, state["step"],
+                    same_strides=False)  # torch's ops follow any strides
             torch_entries[(p.device, index)].append((p, grad, state))
 
     buckets = {}

@@ -88,16 +88,19 @@ def make_work(param: Tensor, grad: Tensor, state: dict, group: int, amsgrad: boo
     return Work(p, g, m, v, v_max, state["step"], group, name, writeback)
 
 
-def check_memory(name: str, param: Tensor, others: dict, step: Tensor) -> None:
+def check_memory(name: str, param: Tensor, others: dict, step: Tensor,
+                 same_strides: bool = True) -> None:
     """The launch guard for one parameter: every tensor in ``others`` (what -> tensor or None)
-    has ``param``'s dtype, device, shape and strides, and each, ``param`` and the float32
-    ``step`` own the memory they claim (the kernel reads ``numel`` elements from each)."""
+    has ``param``'s dtype, device, shape (and strides, where the kernel walks them as one),
+    and each, ``param`` and the float32 ``step`` own the memory they claim (the kernel reads
+    ``numel`` elements from each)."""
     fix = "the optimizer state no longer fits its parameter; start a new optimizer"
     guard.require_tensor(param, name, fix="fastgd updates plain dense tensors")
     for what, t in others.items():
         if t is not None:
             guard.require_tensor(t, f"{what} of {name}", dtype=param.dtype, device=param.device,
-                                 shape=param.shape, strides=param.stride(), fix=fix)
+                                 shape=param.shape,
+                                 strides=param.stride() if same_strides else None, fix=fix)
     guard.require_tensor(step, f"state 'step' of {name}", dtype=torch.float32,
                          device=param.device, shape=(), fix=fix)
 

@@ -182,8 +182,11 @@ def cross_entropy_backward_kernel(
         # than `mask & row_flag`: the interpreter turns a block & scalar of bools into ints.)
         read_limit = tl.where(ignored, 0, n_classes)
 
+    # Kept apart, not folded into one coefficient of p_c: at the target, (p_t - 1) is exact
+    # where p_t is near 1, while coef_true * p_t - coef_true would cancel away the small terms
+    # (the z-loss gradient of a single-class row, say) in rounding.
     coef_true = g_ce * (1.0 - label_smoothing) * w_t  # times (p_c - [c == t])
-    coef_p = coef_true + g_lse  # times p_c
+    coef_p = g_lse  # times p_c
     coef_w = 0.0  # times -w_c
     if HAS_SMOOTHING:
         if HAS_WEIGHT:
@@ -199,7 +202,7 @@ def cross_entropy_backward_kernel(
         x = tl.load(row_ptr + offs * stride_col, mask=offs < read_limit, other=0.0).to(COMPUTE)
         z = _scaled_capped(x, logit_scale, softcap, HAS_SOFTCAP)
         p = tl.exp(z - lse)
-        dz = coef_p * p - tl.where(offs == safe_target, coef_true, 0.0)
+        dz = coef_true * (p - tl.where(offs == safe_target, 1.0, 0.0)) + coef_p * p
         if HAS_SMOOTHING:
             if HAS_WEIGHT:
                 w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(COMPUTE)

@@ -11,6 +11,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Fuzz tests (tests/test_fuzz.py): a fixed seed and no deadline (interpreted kernels are slow and
+# their speed varies), so a CI run is repeatable. Each test sets its own bounded max_examples;
+# the long profile multiplies the search for a run by hand.
+settings.register_profile("fastgd", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("fastgd-long", deadline=None, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastgd"))
 
 
 @pytest.fixture(scope="session")
