@@ -24,20 +24,22 @@ def _stepped(device, n=10):
     return p, opt
 
 
-def exp_avg_smaller_in_state_dict(device):
+def _load_state_with(device, key: str, numel: int):
+    """A state dict whose ``key`` moment has ``numel`` elements (its parameter has 10), then a
+    step."""
     p, opt = _stepped(device)
     sd = opt.state_dict()
-    sd["state"][0]["exp_avg"] = torch.zeros(3)
+    sd["state"][0][key] = torch.zeros(numel)
     opt.load_state_dict(sd)
     opt.step()
+
+
+def exp_avg_smaller_in_state_dict(device):
+    _load_state_with(device, "exp_avg", 3)  # the kernel would read and write past its end
 
 
 def exp_avg_larger_in_state_dict(device):
-    p, opt = _stepped(device)
-    sd = opt.state_dict()
-    sd["state"][0]["exp_avg_sq"] = torch.zeros(4000)
-    opt.load_state_dict(sd)
-    opt.step()
+    _load_state_with(device, "exp_avg_sq", 4000)  # torch's ops would broadcast or fail later
 
 
 def param_data_replaced_by_bigger(device):
