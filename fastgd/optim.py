@@ -323,7 +323,7 @@ def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[T
         device, _ = key
         works = kernel_works[key]
         optim_launch.launch_adam(
-            bucket, tables[device][1], works[0].param,
+            bucket, tables[device].table, works[0].param,
             _to(grad_scale, device), _to(found_inf, device),
             sumsq.get(device) if bucket.groups & clipping else None,
         )
@@ -359,7 +359,7 @@ def _global_sumsq(param_groups, clipping, kernel_works, buckets, tables, torch_e
         scratch = optim_launch.new_norm_scratch(like, n_partials, cache["norm"].get(device))
         cache["norm"][device] = scratch
         norms[device] = optim_launch.launch_grad_sumsq(
-            launches, tables[device][1], scratch, _to(grad_scale, device), like)
+            launches, tables[device].table, scratch, _to(grad_scale, device), like)
         per_device[device] = scratch.sumsq
     torch_grads: dict = defaultdict(list)
     for (device, index), items in torch_entries.items():

@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from . import backend, guard
+from .kernels import adam_table as table
 from .launch_config import ADAM_NORM_REDUCE_BLOCK, adam_launch
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # torch's names, in table order
 
-# Must match the column layouts in kernels/adam.py (checked by the tests).
-TENSOR_COLS = 10
-GROUP_COLS = 13
-FLAG_AMSGRAD, FLAG_MAXIMIZE, FLAG_DECOUPLED, FLAG_CLIP = 1, 2, 4, 8
-KIND_VALUE, KIND_FP32_TENSOR, KIND_FP64_TENSOR = 0, 1, 2
 
 
 @dataclasses.dataclass
@@ -140,9 +136,9 @@ def prepare_bucket(works: list[Work], previous: Optional[Bucket]) -> Bucket:
         _check_work(w)
     if previous is not None and previous.layout == layout:
         keep: list = []
-        table = _upload(_tensor_rows(layout, grads, previous), torch.int64, like, keep)
-        return dataclasses.replace(previous, grads=grads, tensor_table=table,
-                                   aligned=_aligned(layout, grads), keep=keep)
+        tensor_table = _upload(_tensor_rows(works, previous), torch.int64, like, keep)
+        return dataclasses.replace(previous, grads=grads, tensor_table=tensor_table,
+                                   aligned=_aligned(works), keep=keep)
 
     block, _ = adam_launch(like.dtype)
     counts = [max(1, -(-w.param.numel() // block)) for w in works]  # empty: still 1 (its step)
@@ -150,59 +146,91 @@ def prepare_bucket(works: list[Work], previous: Optional[Bucket]) -> Bucket:
     keep = []
     bucket = Bucket(layout, grads, None, None,
                     torch.zeros(len(works), dtype=torch.int32, device=like.device),
-                    firsts, counts, _aligned(layout, grads), frozenset(w.group for w in works),
+                    firsts, counts, _aligned(works), frozenset(w.group for w in works),
                     keep)
-    bucket.tensor_table = _upload(_tensor_rows(layout, grads, bucket), torch.int64, like, keep)
+    bucket.tensor_table = _upload(_tensor_rows(works, bucket), torch.int64, like, keep)
     block_map = np.repeat(np.arange(len(works), dtype=np.int32), counts)
     bucket.block_table = _upload(torch.from_numpy(block_map), torch.int32, like, keep)
     return bucket
 
 
-def _tensor_rows(layout: tuple, grads: tuple, bucket: Bucket) -> list[int]:
+def _tensor_rows(works: list[Work], bucket: Bucket) -> list[int]:
+    """The tensor table, row after row, each filled by column name (kernels/adam_table.py)."""
     rows = []
-    for (p, m, v, v_max, step, numel, group, _), g, first, count in zip(
-            layout, grads, bucket.first_blocks, bucket.block_counts):
-        rows += [p, g, m, v, v_max, step, numel, first, count, group]
+    for w, first, count in zip(works, bucket.first_blocks, bucket.block_counts):
+        row = [0] * table.TENSOR_COLS
+        row[table.T_PARAM] = w.param.data_ptr()
+        row[table.T_GRAD] = w.grad.data_ptr()
+        row[table.T_EXP_AVG] = w.exp_avg.data_ptr()
+        row[table.T_EXP_AVG_SQ] = w.exp_avg_sq.data_ptr()
+        row[table.T_MAX_EXP_AVG_SQ] = (w.max_exp_avg_sq.data_ptr()
+                                       if w.max_exp_avg_sq is not None else 0)
+        row[table.T_STEP] = w.step.data_ptr()
+        row[table.T_NUMEL] = w.param.numel()
+        row[table.T_FIRST_BLOCK] = first
+        row[table.T_NUM_BLOCKS] = count
+        row[table.T_GROUP] = w.group
+        rows += row
     return rows
 
 
-def _aligned(layout: tuple, grads: tuple) -> bool:
-    """Every address 16-byte aligned: the kernel may then use 128-bit accesses."""
-    return all(a % 16 == 0 for row in layout for a in row[:4]) and all(g % 16 == 0 for g in grads)
+def _aligned(works: list[Work]) -> bool:
+    """Every address the kernel streams through is 16-byte aligned: it may then use 128-bit
+    accesses."""
+    return all(t.data_ptr() % 16 == 0 for w in works
+               for t in (w.param, w.grad, w.exp_avg, w.exp_avg_sq, w.max_exp_avg_sq)
+               if t is not None)
 
 
-def group_table(param_groups: list[dict], like: Tensor, previous: Optional[tuple]) -> tuple:
-    """``(rows, table, keep)`` of the hyperparameters of every group for tensors like ``like``;
-    ``previous`` when no value changed."""
+class GroupTable(NamedTuple):
+    """The hyperparameters of every param group, for the tensors of one device."""
+
+    rows: list  # the values, as uploaded: compared to see whether anything changed
+    table: Tensor  # on the device
+    keep: list  # pinned host copies and moved tensors the table points to
+
+
+def group_table(param_groups: list[dict], like: Tensor,
+                previous: Optional[GroupTable]) -> GroupTable:
+    """The group table for tensors like ``like``; ``previous`` when no value changed."""
     keep: list = []
     rows = []
     for group in param_groups:
-        flags = ((FLAG_AMSGRAD if group["amsgrad"] else 0)
-                 | (FLAG_MAXIMIZE if group["maximize"] else 0)
-                 | (FLAG_DECOUPLED if group["decoupled_weight_decay"] else 0)
-                 | (FLAG_CLIP if group["max_grad_norm"] is not None else 0))
+        row = [0] * table.GROUP_COLS
+        row[table.G_FLAGS] = ((table.FLAG_AMSGRAD if group["amsgrad"] else 0)
+                              | (table.FLAG_MAXIMIZE if group["maximize"] else 0)
+                              | (table.FLAG_DECOUPLED if group["decoupled_weight_decay"] else 0)
+                              | (table.FLAG_CLIP if group["max_grad_norm"] is not None else 0))
         beta1, beta2 = group["betas"]
-        rows += [flags, *_hyperparameter(group["lr"], like, keep),
-                 *_hyperparameter(beta1, like, keep), *_hyperparameter(beta2, like, keep),
-                 _bits(group["eps"]), _bits(group["weight_decay"]),
-                 _bits(group["max_grad_norm"] or 0.0)]
-    if previous is not None and previous[0] == rows:
+        (row[table.G_LR_VALUE], row[table.G_LR_ADDRESS],
+         row[table.G_LR_KIND]) = _hyperparameter(group["lr"], like, keep)
+        (row[table.G_BETA1_VALUE], row[table.G_BETA1_ADDRESS],
+         row[table.G_BETA1_KIND]) = _hyperparameter(beta1, like, keep)
+        (row[table.G_BETA2_VALUE], row[table.G_BETA2_ADDRESS],
+         row[table.G_BETA2_KIND]) = _hyperparameter(beta2, like, keep)
+        row[table.G_EPS] = _bits(group["eps"])
+        row[table.G_WEIGHT_DECAY] = _bits(group["weight_decay"])
+        row[table.G_MAX_NORM] = _bits(group["max_grad_norm"] or 0.0)
+        rows += row
+    if previous is not None and previous.rows == rows:
         return previous
-    return rows, _upload(rows, torch.int64, like, keep), keep
+    return GroupTable(rows, _upload(rows, torch.int64, like, keep), keep)
 
 
-def _hyperparameter(value: Any, like: Tensor, keep: list) -> list[int]:
-    """Three table columns: a float's value, or where the kernel reads a 0-dim tensor."""
+def _hyperparameter(value: Any, like: Tensor, keep: list) -> tuple[int, int, int]:
+    """(value, address, kind) columns: a float's value, or where the kernel reads a 0-dim
+    tensor."""
     if not isinstance(value, Tensor):
-        return [_bits(float(value)), 0, KIND_VALUE]
+        return _bits(float(value)), 0, table.KIND_VALUE
     if value.device == like.device and value.dtype in (torch.float32, torch.float64):
-        kind = KIND_FP32_TENSOR if value.dtype == torch.float32 else KIND_FP64_TENSOR
-        return [0, value.data_ptr(), kind]
+        kind = (table.KIND_FP32_TENSOR if value.dtype == torch.float32
+                else table.KIND_FP64_TENSOR)
+        return 0, value.data_ptr(), kind
     if backend.can_check_on_host(value):  # a CPU tensor: reading it costs no sync
-        return [_bits(float(value)), 0, KIND_VALUE]
+        return _bits(float(value)), 0, table.KIND_VALUE
     moved = value.to(like.device, torch.float32, non_blocking=True)
     keep.append(moved)
-    return [0, moved.data_ptr(), KIND_FP32_TENSOR]
+    return 0, moved.data_ptr(), table.KIND_FP32_TENSOR
 
 
 def _bits(x: float) -> int:

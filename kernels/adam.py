@@ -5,8 +5,9 @@ Work layout. The tensors of a launch are cut into blocks of ``BLOCK`` elements; 
 looks up its tensor in ``block_table[pid]`` and finds everything else in two host-built tables
 (int64, floats stored as their float64 bits):
 
-* the tensor table, one row per tensor (``T_*`` columns): addresses of the parameter, its
-  gradient and its states, ``numel``, the tensor's first block and block count, its param group;
+* the tensor table, one row per tensor (``T_*`` columns of ``adam_table.py``): addresses of
+  the parameter, its gradient and its states, ``numel``, the tensor's first block and block
+  count, its param group;
 * the group table, one row per param group (``G_*`` columns): flags and hyperparameters. ``lr``
   and the betas are either a value in the table or the address of a 0-dim tensor read here, so a
   tensor learning rate changed in place (LR schedulers use ``fill_``) needs no new table.
@@ -45,39 +46,41 @@ elements, ~200 B of table entries (L2-resident): under 0.1 B per element.
 import triton
 import triton.language as tl
 
+from . import adam_table as table
 from .common import fp32_to_bf16_rne
 
-# Tensor table columns (int64).
-T_PARAM = tl.constexpr(0)
-T_GRAD = tl.constexpr(1)
-T_EXP_AVG = tl.constexpr(2)
-T_EXP_AVG_SQ = tl.constexpr(3)
-T_MAX_EXP_AVG_SQ = tl.constexpr(4)  # 0 when the tensor has none
-T_STEP = tl.constexpr(5)  # float32 0-dim tensor
-T_NUMEL = tl.constexpr(6)
-T_FIRST_BLOCK = tl.constexpr(7)  # the launch's index of the tensor's first block
-T_NUM_BLOCKS = tl.constexpr(8)  # at least 1, so that an empty tensor still counts its steps
-T_GROUP = tl.constexpr(9)  # row in the group table
-TENSOR_COLS = tl.constexpr(10)
-
-# Group table columns (int64; values are float64 bits). A hyperparameter that may be a tensor
-# takes three columns: value, address, kind (0: use the value, 1: float32 at the address,
-# 2: float64 at the address).
-G_FLAGS = tl.constexpr(0)
-G_LR = tl.constexpr(1)
-G_BETA1 = tl.constexpr(4)
-G_BETA2 = tl.constexpr(7)
-G_EPS = tl.constexpr(10)
-G_WEIGHT_DECAY = tl.constexpr(11)
-G_MAX_NORM = tl.constexpr(12)
-GROUP_COLS = tl.constexpr(13)
-
-FLAG_AMSGRAD = tl.constexpr(1)
-FLAG_MAXIMIZE = tl.constexpr(2)
-FLAG_DECOUPLED = tl.constexpr(4)
-FLAG_CLIP = tl.constexpr(8)
-KIND_VALUE = tl.constexpr(0)
-KIND_FP32_TENSOR = tl.constexpr(1)
+# The table layout (kernels/adam_table.py, shared with the host), as constexprs for the jit.
+T_PARAM = tl.constexpr(table.T_PARAM)
+T_GRAD = tl.constexpr(table.T_GRAD)
+T_EXP_AVG = tl.constexpr(table.T_EXP_AVG)
+T_EXP_AVG_SQ = tl.constexpr(table.T_EXP_AVG_SQ)
+T_MAX_EXP_AVG_SQ = tl.constexpr(table.T_MAX_EXP_AVG_SQ)
+T_STEP = tl.constexpr(table.T_STEP)
+T_NUMEL = tl.constexpr(table.T_NUMEL)
+T_FIRST_BLOCK = tl.constexpr(table.T_FIRST_BLOCK)
+T_NUM_BLOCKS = tl.constexpr(table.T_NUM_BLOCKS)
+T_GROUP = tl.constexpr(table.T_GROUP)
+TENSOR_COLS = tl.constexpr(table.TENSOR_COLS)
+G_FLAGS = tl.constexpr(table.G_FLAGS)
+G_LR_VALUE = tl.constexpr(table.G_LR_VALUE)
+G_LR_ADDRESS = tl.constexpr(table.G_LR_ADDRESS)
+G_LR_KIND = tl.constexpr(table.G_LR_KIND)
+G_BETA1_VALUE = tl.constexpr(table.G_BETA1_VALUE)
+G_BETA1_ADDRESS = tl.constexpr(table.G_BETA1_ADDRESS)
+G_BETA1_KIND = tl.constexpr(table.G_BETA1_KIND)
+G_BETA2_VALUE = tl.constexpr(table.G_BETA2_VALUE)
+G_BETA2_ADDRESS = tl.constexpr(table.G_BETA2_ADDRESS)
+G_BETA2_KIND = tl.constexpr(table.G_BETA2_KIND)
+G_EPS = tl.constexpr(table.G_EPS)
+G_WEIGHT_DECAY = tl.constexpr(table.G_WEIGHT_DECAY)
+G_MAX_NORM = tl.constexpr(table.G_MAX_NORM)
+GROUP_COLS = tl.constexpr(table.GROUP_COLS)
+FLAG_AMSGRAD = tl.constexpr(table.FLAG_AMSGRAD)
+FLAG_MAXIMIZE = tl.constexpr(table.FLAG_MAXIMIZE)
+FLAG_DECOUPLED = tl.constexpr(table.FLAG_DECOUPLED)
+FLAG_CLIP = tl.constexpr(table.FLAG_CLIP)
+KIND_VALUE = tl.constexpr(table.KIND_VALUE)
+KIND_FP32_TENSOR = tl.constexpr(table.KIND_FP32_TENSOR)
 
 
 # Nested @triton.jit calls cost ~1 ms each in the interpreter, so the kernels below inline what
@@ -148,8 +151,8 @@ def _adam_block(
 
 @triton.jit
 def adam_kernel(
-    tensor_table_ptr,  # int64 (n_tensors, TENSOR_COLS): see T_* above
-    group_table_ptr,  # int64 (n_groups, GROUP_COLS): see G_* above
+    tensor_table_ptr,  # int64 (n_tensors, TENSOR_COLS): see T_* in adam_table.py
+    group_table_ptr,  # int64 (n_groups, GROUP_COLS): see G_* in adam_table.py
     block_table_ptr,  # int32 (n_blocks,): the tensor of each program
     counter_ptr,  # int32 (n_tensors,): zeros between launches; finds each tensor's last program
     grad_scale_ptr,  # float32 0-dim GradScaler scale (unused without HAS_SCALE)
@@ -177,15 +180,15 @@ def adam_kernel(
         flags = tl.load(group + G_FLAGS)
 
         # lr, beta1, beta2: each the table's value or the 0-dim tensor it points to
-        lr = tl.load(group + G_LR).to(tl.float64, bitcast=True)
-        beta1 = tl.load(group + G_BETA1).to(tl.float64, bitcast=True)
-        beta2 = tl.load(group + G_BETA2).to(tl.float64, bitcast=True)
-        if tl.load(group + G_LR + 2) != KIND_VALUE:
-            lr = _tensor_value(tl.load(group + G_LR + 1), tl.load(group + G_LR + 2))
-        if tl.load(group + G_BETA1 + 2) != KIND_VALUE:
-            beta1 = _tensor_value(tl.load(group + G_BETA1 + 1), tl.load(group + G_BETA1 + 2))
-        if tl.load(group + G_BETA2 + 2) != KIND_VALUE:
-            beta2 = _tensor_value(tl.load(group + G_BETA2 + 1), tl.load(group + G_BETA2 + 2))
+        lr = tl.load(group + G_LR_VALUE).to(tl.float64, bitcast=True)
+        beta1 = tl.load(group + G_BETA1_VALUE).to(tl.float64, bitcast=True)
+        beta2 = tl.load(group + G_BETA2_VALUE).to(tl.float64, bitcast=True)
+        if tl.load(group + G_LR_KIND) != KIND_VALUE:
+            lr = _tensor_value(tl.load(group + G_LR_ADDRESS), tl.load(group + G_LR_KIND))
+        if tl.load(group + G_BETA1_KIND) != KIND_VALUE:
+            beta1 = _tensor_value(tl.load(group + G_BETA1_ADDRESS), tl.load(group + G_BETA1_KIND))
+        if tl.load(group + G_BETA2_KIND) != KIND_VALUE:
+            beta2 = _tensor_value(tl.load(group + G_BETA2_ADDRESS), tl.load(group + G_BETA2_KIND))
         # beta ** step in float64, as torch's Python floats: exp(step * log(beta))
         bias_correction1 = 1.0 - tl.exp(step.to(tl.float64) * tl.log(beta1))
         bias_correction2 = 1.0 - tl.exp(step.to(tl.float64) * tl.log(beta2))

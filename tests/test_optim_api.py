@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import struct
 
 import pytest
 import torch
 
 import fastgd
 from fastgd import optim_launch
+from fastgd.launch_config import ADAM_BLOCK
 from fastgd.kernels import adam as adam_kernels
 from test_optim import _assert_state_same, _leaves, _loss, _mlp, _set_grads
 
@@ -203,14 +205,50 @@ def test_torch_path_matches_torch_with_clipping_and_grad_scaler(device, monkeypa
 
 
 # --------------------------------------------------------------------------- launches and tables
-def test_table_layout_matches_the_kernel():
-    assert optim_launch.TENSOR_COLS == adam_kernels.TENSOR_COLS.value
-    assert optim_launch.GROUP_COLS == adam_kernels.GROUP_COLS.value
-    assert (optim_launch.FLAG_AMSGRAD, optim_launch.FLAG_MAXIMIZE, optim_launch.FLAG_DECOUPLED,
-            optim_launch.FLAG_CLIP) == (adam_kernels.FLAG_AMSGRAD.value,
-                                        adam_kernels.FLAG_MAXIMIZE.value,
-                                        adam_kernels.FLAG_DECOUPLED.value,
-                                        adam_kernels.FLAG_CLIP.value)
+def test_tables_hold_each_value_in_the_column_the_kernel_reads(device):
+    """The host fills the tables by column name; read back at the kernel's own constexpr
+    columns, each holds what the kernel expects there."""
+    lr = torch.tensor(0.25, device=device)
+    params = _leaves([(3,), (2100,)], torch.float32, device, seed=5)
+    opt = fastgd.AdamW([{"params": params[:1], "lr": 0.125, "betas": (0.5, 0.75), "eps": 1e-3,
+                         "weight_decay": 0.0625, "amsgrad": True},
+                        {"params": params[1:], "lr": lr, "maximize": True,
+                         "max_grad_norm": 2.5}])
+    _set_grads([params], 0)
+    opt.step()
+    cache = opt._launch_cache
+    (bucket,) = cache["buckets"].values()
+    (groups,) = cache["groups"].values()
+    rows = bucket.tensor_table.cpu().reshape(len(params), -1).tolist()
+    assert len(rows[0]) == adam_kernels.TENSOR_COLS.value
+    col = {name: getattr(adam_kernels, name).value for name in dir(adam_kernels)
+           if name.startswith(("T_", "G_", "FLAG_", "KIND_"))}
+    for i, p in enumerate(params):
+        state, row = opt.state[p], rows[i]
+        assert row[col["T_PARAM"]] == p.data_ptr() and row[col["T_GRAD"]] == p.grad.data_ptr()
+        assert row[col["T_EXP_AVG"]] == state["exp_avg"].data_ptr()
+        assert row[col["T_EXP_AVG_SQ"]] == state["exp_avg_sq"].data_ptr()
+        assert row[col["T_MAX_EXP_AVG_SQ"]] == (state["max_exp_avg_sq"].data_ptr() if i == 0
+                                                else 0)
+        assert row[col["T_STEP"]] == state["step"].data_ptr()
+        assert row[col["T_NUMEL"]] == p.numel() and row[col["T_GROUP"]] == i
+        assert row[col["T_NUM_BLOCKS"]] == -(-p.numel() // ADAM_BLOCK[torch.float32])
+        assert row[col["T_FIRST_BLOCK"]] == (0 if i == 0 else 1)
+
+    def as_float(bits):
+        return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+    g0, g1 = (groups.rows[i * adam_kernels.GROUP_COLS.value:][:adam_kernels.GROUP_COLS.value]
+              for i in range(2))
+    assert g0[col["G_FLAGS"]] == col["FLAG_AMSGRAD"] | col["FLAG_DECOUPLED"]
+    assert g1[col["G_FLAGS"]] == col["FLAG_MAXIMIZE"] | col["FLAG_DECOUPLED"] | col["FLAG_CLIP"]
+    assert (as_float(g0[col["G_LR_VALUE"]]), g0[col["G_LR_KIND"]]) == (0.125, col["KIND_VALUE"])
+    assert (g1[col["G_LR_ADDRESS"]], g1[col["G_LR_KIND"]]) == (lr.data_ptr(),
+                                                               col["KIND_FP32_TENSOR"])
+    assert as_float(g0[col["G_BETA1_VALUE"]]) == 0.5 and as_float(g0[col["G_BETA2_VALUE"]]) == 0.75
+    assert as_float(g0[col["G_EPS"]]) == 1e-3
+    assert as_float(g0[col["G_WEIGHT_DECAY"]]) == 0.0625
+    assert as_float(g1[col["G_MAX_NORM"]]) == 2.5 and as_float(g0[col["G_MAX_NORM"]]) == 0.0
 
 
 def test_one_launch_per_dtype_and_tables_reused_while_addresses_stay(device, monkeypatch):
