@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from . import backend, guard
-from .cross_entropy_ops import compute_dtype, cross_entropy_rows
+from .cross_entropy_ops import cross_entropy_rows
+from .dtypes import compute_dtype
 from .errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
 
 _REDUCTIONS = ("none", "mean", "sum")

@@ -17,12 +17,8 @@ from torch import Tensor
 from . import backend, guard
 from . import cross_entropy_torch as torch_path
 from .errors import InvalidTypeError, InvalidValueError, TargetOutOfBoundsError
+from .dtypes import TRITON_TYPE_NAMES, compute_dtype, triton_compute_dtype
 from .launch_config import cross_entropy_launch
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the math (and of ``ce``/``lse``): float64 for float64 logits, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_target_range(target: Tensor, n_classes: int, ignore_index: int) -> None:
@@ -64,14 +60,12 @@ def check_row_operands(logits, target, weight, *, lse=None, grad_ce=None, grad_l
 
 
 def _kernel_flags(logits, weight, label_smoothing, softcap):
-    import triton.language as tl
-
     block, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
     return dict(
         HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing > 0,
         HAS_SOFTCAP=softcap > 0,
-        COMPUTE=tl.float64 if logits.dtype == torch.float64 else tl.float32,
+        COMPUTE=triton_compute_dtype(logits.dtype),
         BLOCK_V=block,
         num_warps=num_warps,
     )
@@ -245,17 +239,14 @@ cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------- AOT compile specs
 def aot_specs():
     """The kernels as a real launch specialises them, for :mod:`fastgd.aot`."""
-    import triton.language as tl
-
     from .aot import KernelSpec
     from .kernels.cross_entropy import cross_entropy_backward_kernel, cross_entropy_forward_kernel
 
     specs = []
-    for dtype, ty in [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),
-                      (torch.float32, "fp32"), (torch.float64, "fp64")]:
+    for dtype, ty in TRITON_TYPE_NAMES.items():
         block, num_warps = cross_entropy_launch(128256, dtype)
-        compute = "fp64" if dtype == torch.float64 else "fp32"
-        tl_compute = tl.float64 if dtype == torch.float64 else tl.float32
+        compute = TRITON_TYPE_NAMES[compute_dtype(dtype)]
+        tl_compute = triton_compute_dtype(dtype)
         for weighted, smooth, capped in [(False, False, False), (True, True, True)]:
             flags = dict(HAS_WEIGHT=weighted, HAS_SMOOTHING=smooth, HAS_SOFTCAP=capped,
                          COMPUTE=tl_compute, BLOCK_V=block)

@@ -7,10 +7,11 @@ from typing import Optional
 
 import torch
 
+from .dtypes import compute_dtype
+
 
 def _z(logits: torch.Tensor, logit_scale: float, softcap: float) -> torch.Tensor:
-    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    z = logits.to(compute) * logit_scale
+    z = logits.to(compute_dtype(logits.dtype)) * logit_scale
     if softcap > 0:
         z = softcap * torch.tanh(z / softcap)
     return z

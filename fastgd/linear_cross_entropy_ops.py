@@ -44,7 +44,8 @@ from torch import Tensor
 
 from . import backend
 from . import cross_entropy_torch as torch_path
-from .cross_entropy_ops import _launch_backward, _launch_forward, check_target_range, compute_dtype
+from .cross_entropy_ops import _launch_backward, _launch_forward, check_target_range
+from .dtypes import compute_dtype
 from .launch_config import linear_cross_entropy_chunk
 
 # Chunk-sized fp32 temporaries made by the PyTorch row path (cross_entropy_torch: the upcast

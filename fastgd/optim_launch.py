@@ -23,9 +23,11 @@ from torch import Tensor
 
 from . import backend, guard
 from .kernels import adam_table as table
+from .dtypes import (KERNEL_FLOAT_DTYPES, TRITON_TYPE_NAMES, triton_compute_dtype,
+                     triton_dtype)
 from .launch_config import ADAM_NORM_REDUCE_BLOCK, adam_launch
 
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+KERNEL_DTYPES = KERNEL_FLOAT_DTYPES
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # torch's names, in table order
 
 
@@ -248,13 +250,6 @@ def _upload(values, dtype: torch.dtype, like: Tensor, keep: list) -> Tensor:
 
 
 # --------------------------------------------------------------------------- launches
-def _tl_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-            torch.float32: tl.float32, torch.float64: tl.float64}[dtype]
-
-
 @dataclasses.dataclass
 class NormScratch:
     """Per-device buffers of the norm pass, reused every step."""
@@ -292,7 +287,7 @@ def launch_grad_sumsq(
                 bucket.tensor_table, groups_table, bucket.block_table,
                 grad_scale if grad_scale is not None else scratch.sumsq,
                 scratch.partials, offset, n_partials, scratch.counter, scratch.sumsq, norm,
-                DTYPE=_tl_dtype(sample.dtype), COMPUTE=_compute(sample.dtype),
+                DTYPE=triton_dtype(sample.dtype), COMPUTE=triton_compute_dtype(sample.dtype),
                 HAS_SCALE=grad_scale is not None, ALIGNED=bucket.aligned, BLOCK=block,
                 REDUCE_BLOCK=ADAM_NORM_REDUCE_BLOCK, num_warps=num_warps,
             )
@@ -316,17 +311,11 @@ def launch_adam(
             grad_scale if grad_scale is not None else unused,
             found_inf if found_inf is not None else unused,
             grad_sumsq if grad_sumsq is not None else unused,
-            DTYPE=_tl_dtype(sample.dtype), COMPUTE=_compute(sample.dtype),
+            DTYPE=triton_dtype(sample.dtype), COMPUTE=triton_compute_dtype(sample.dtype),
             HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
             HAS_CLIP=grad_sumsq is not None, ALIGNED=bucket.aligned, BLOCK=block,
             num_warps=num_warps,
         )
-
-
-def _compute(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 # --------------------------------------------------------------------------- AOT compile specs
@@ -337,11 +326,10 @@ def aot_specs():
 
     tables = {"tensor_table_ptr": "*i64", "group_table_ptr": "*i64", "block_table_ptr": "*i32"}
     specs = []
-    for dtype, ty in [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),
-                      (torch.float32, "fp32"), (torch.float64, "fp64")]:
+    for dtype, ty in TRITON_TYPE_NAMES.items():
         block, num_warps = adam_launch(dtype)
-        base = {"DTYPE": _tl_dtype(dtype), "COMPUTE": _compute(dtype), "HAS_SCALE": True,
-                "ALIGNED": True, "BLOCK": block}
+        base = {"DTYPE": triton_dtype(dtype), "COMPUTE": triton_compute_dtype(dtype),
+                "HAS_SCALE": True, "ALIGNED": True, "BLOCK": block}
         adam_sig = {**tables, "counter_ptr": "*i32", "grad_scale_ptr": "*fp32",
                     "found_inf_ptr": "*fp32", "grad_sumsq_ptr": "*fp64",
                     **{k: "constexpr" for k in ("DTYPE", "COMPUTE", "HAS_SCALE", "HAS_FOUND_INF",

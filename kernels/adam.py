@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from . import adam_table as table
-from .common import fp32_to_bf16_rne
+from .common import round_for_store
 
 # The table layout (kernels/adam_table.py, shared with the host), as constexprs for the jit.
 T_PARAM = tl.constexpr(table.T_PARAM)
@@ -130,23 +130,16 @@ def _adam_block(
     if amsgrad:
         v_max = tl.load(max_exp_avg_sq_ptr + offs, mask=mask, other=other).to(COMPUTE)
         denom_sq = tl.maximum(v_max, v, propagate_nan=tl.PropagateNan.ALL)
-        if DTYPE == tl.bfloat16:
-            tl.store(max_exp_avg_sq_ptr + offs, fp32_to_bf16_rne(denom_sq), mask=mask)
-        else:
-            tl.store(max_exp_avg_sq_ptr + offs, denom_sq.to(DTYPE), mask=mask)
+        tl.store(max_exp_avg_sq_ptr + offs, round_for_store(denom_sq, DTYPE), mask=mask)
     # correctly rounded sqrt and division (tl.sqrt and `/` are approximate in fp32 on the GPU)
     if COMPUTE == tl.float64:
         p = p - step_size * (m / (tl.sqrt(denom_sq) / bc2_sqrt + eps))
     else:
         p = p - step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(denom_sq), bc2_sqrt) + eps)
-    if DTYPE == tl.bfloat16:  # the interpreter's own fp32 -> bf16 cast truncates
-        tl.store(param_ptr + offs, fp32_to_bf16_rne(p), mask=mask)
-        tl.store(exp_avg_ptr + offs, fp32_to_bf16_rne(m), mask=mask)
-        tl.store(exp_avg_sq_ptr + offs, fp32_to_bf16_rne(v), mask=mask)
-    else:
-        tl.store(param_ptr + offs, p.to(DTYPE), mask=mask)
-        tl.store(exp_avg_ptr + offs, m.to(DTYPE), mask=mask)
-        tl.store(exp_avg_sq_ptr + offs, v.to(DTYPE), mask=mask)
+    # round to nearest even (the interpreter's own fp32 -> bf16 cast truncates)
+    tl.store(param_ptr + offs, round_for_store(p, DTYPE), mask=mask)
+    tl.store(exp_avg_ptr + offs, round_for_store(m, DTYPE), mask=mask)
+    tl.store(exp_avg_sq_ptr + offs, round_for_store(v, DTYPE), mask=mask)
 
 
 @triton.jit
