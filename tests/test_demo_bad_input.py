@@ -198,10 +198,29 @@ def test_warmup_default_follows_steps():
     assert cli.parse(["--steps", "3"], interpreting=False).warmup_steps == 0
 
 
+def test_max_grad_norm_none_disables_clipping():
+    """A given None is not "not given": the default (1.0) must not come back."""
+    assert cli.parse(["--max-grad-norm", "none"], interpreting=False).max_grad_norm is None
+    assert cli.parse([], interpreting=False).max_grad_norm == Config().max_grad_norm
+
+
 def test_few_steps_without_warmup_option_train(tmp_path, toy_folder):
     argv = _argv(toy_folder, tmp_path / "out", "--steps", "3")
     at = argv.index("--warmup")
     assert cli.main(argv[:at] + argv[at + 2:]) == 0
+
+
+@pytest.mark.parametrize("changed", [["--lr", "1e-2"], ["--max-grad-norm", "none"],
+                                     ["--warmup", "2"]], ids=lambda a: a[0])
+def test_resume_refuses_options_the_checkpoint_would_override(capsys, monkeypatch, tmp_path,
+                                                              toy_folder, changed):
+    """The optimizer's saved param groups (lr, weight decay, max_grad_norm) and the schedule
+    would win over a new value without a word: refuse instead, naming the option."""
+    argv = _argv(toy_folder, tmp_path / "out")
+    assert _interrupted_run(monkeypatch, argv, signal.SIGINT, at=1) == 130
+    capsys.readouterr()
+    line = _one_error_line(capsys, [*argv, "--resume", *changed])
+    assert f"was trained with {changed[0]} " in line, line
 
 
 def test_resume_with_corrupt_best_checkpoint_fails_before_training(capsys, monkeypatch,

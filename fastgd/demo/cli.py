@@ -25,6 +25,11 @@ EXIT_STATUSES = (
 _REEXEC_MARK = "FASTGD_DEMO_REEXEC"
 
 
+# Options not given stay out of the parsed namespace, so a given value of None (--max-grad-norm
+# none) is told apart from an option left to its default.
+NOT_GIVEN = argparse.SUPPRESS
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print the usage block first
         if message.endswith("expected one argument"):
@@ -44,7 +49,7 @@ def _grad_norm(text: str) -> Optional[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
-    p = _Parser(prog=PROG, description=(
+    p = _Parser(prog=PROG, argument_default=NOT_GIVEN, description=(
         "Train a small byte-level GPT with fastgd's cross-entropy and AdamW, optionally beside "
         "the same run with torch's. The defaults train for about 75 s on an idle 2-core CPU "
         "(twice that with --compare)."), epilog=EXIT_STATUSES)
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"clip the global gradient norm [{d.max_grad_norm}]")
     opt.add_argument("--label-smoothing", type=float, help=f"[{d.label_smoothing}]")
     opt.add_argument("--z-loss", type=float, help=f"weight of logsumexp^2 [{d.z_loss}]")
-    opt.add_argument("--fused-linear", action="store_true", default=None,
+    opt.add_argument("--fused-linear", action="store_true", default=NOT_GIVEN,
                      help="fastgd run: fuse the output projection into the loss "
                           "(fastgd.linear_cross_entropy)")
     ev = p.add_argument_group("evaluation and stopping")
@@ -89,17 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "kernels on GPUs, PyTorch path on CPUs), torch, or interpret (the Triton "
                      "kernels through Triton's interpreter, on a smaller default model)")
     run.add_argument("--out", metavar="DIR", help=f"checkpoints, metrics.csv, demo.png [{d.out}]")
-    run.add_argument("--resume", action="store_true", default=None,
+    run.add_argument("--resume", action="store_true", default=NOT_GIVEN,
                      help="continue the run whose checkpoints are in --out")
-    run.add_argument("--overwrite", action="store_true", default=None,
+    run.add_argument("--overwrite", action="store_true", default=NOT_GIVEN,
                      help="replace the run already in --out (without it or --resume, an --out "
                           "that holds a run is refused)")
-    run.add_argument("--compare", action="store_true", default=None,
+    run.add_argument("--compare", action="store_true", default=NOT_GIVEN,
                      help="also run torch's cross_entropy + AdamW with the same seed, one plot")
     run.add_argument("--log-every", type=int, help=f"steps between logged losses [{d.log_every}]")
     run.add_argument("--sample-bytes", type=int,
                      help=f"length of the text sample printed at the end [{d.sample_bytes}]")
-    run.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+    run.add_argument("--no-progress", dest="progress", action="store_false", default=NOT_GIVEN,
                      help="plain lines instead of a progress bar")
     return p
 
@@ -107,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str], interpreting: bool) -> Config:
     """A checked :class:`Config`: defaults, then the interpreter preset (when the kernels will be
     interpreted), then the options given."""
-    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    given = vars(build_parser().parse_args(argv))
     backend = given.get("backend", "auto")
     device = given.get("device", "auto")
     will_interpret = backend == "interpret" or (backend == "auto" and interpreting

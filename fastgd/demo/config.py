@@ -80,12 +80,15 @@ INTERPRETER_PRESET = dict(steps=60, batch_size=4, context=64, layers=2, dim=64, 
 
 
 def resume_identity(cfg: Config) -> dict:
-    """The options that shape the model, the data stream or the schedule, by flag: a checkpoint
-    can only be resumed with the same values (the warmup as resolved, given or not)."""
+    """The options a checkpoint can only be resumed with, by flag: those that shape the model,
+    the data stream or the schedule (the warmup as resolved, given or not), and those the
+    optimizer's saved state would silently override (its param groups keep lr, weight decay and
+    fastgd's max_grad_norm)."""
     return {"--data": cfg.data, "--context": cfg.context, "--layers": cfg.layers,
             "--dim": cfg.dim, "--heads": cfg.heads, "--seed": cfg.seed,
             "--batch-size": cfg.batch_size, "--accum": cfg.accum, "--steps": cfg.steps,
-            "--warmup": cfg.warmup_steps}
+            "--warmup": cfg.warmup_steps, "--lr": cfg.lr, "--weight-decay": cfg.weight_decay,
+            "--max-grad-norm": cfg.max_grad_norm}
 
 
 DEVICES = ("auto", "cpu", "cuda")
