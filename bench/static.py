@@ -5,7 +5,7 @@
 typical shapes (16-byte aligned pointers, strides divisible by 16) -- through
 :func:`fastgd.aot.compile_spec`, and reports per kernel: registers, stack and local memory
 (spills), shared memory, the widest global load and store in the SASS, and whether the
-properties the hot (streaming) kernels rely on hold: no local memory, 128-bit loads, and 128-bit
+properties the streaming kernels rely on hold: no local memory, 128-bit loads, and 128-bit
 stores where the kernel streams its output. Writes ``static_sm<arch>.md`` and ``.json`` into
 ``--out``; exits 1 when a property fails or a kernel does not compile.
 
@@ -62,10 +62,11 @@ def render(results: list[StaticResult], arch: int, versions: str) -> str:
         f"- {versions}",
         "- specialisation: what a real launch gets for typical shapes (pointers 16-byte aligned,",
         "  strides divisible by 16), through `fastgd.aot.compile_spec`",
-        "- *hot*: a streaming kernel; it must use no local memory and 128-bit global loads, and",
-        "  128-bit stores when it streams its output (a per-row result is stored narrow)",
+        "- every kernel streams its inputs: no local memory and 128-bit global loads, and",
+        "  128-bit stores when it streams its output too (*stores*: streamed; a per-row result",
+        "  may be stored narrow)",
         "", "| kernel | warps | regs | stack/local B | shared B | widest load | widest store "
-        "| hot | check |", "|---|---|---|---|---|---|---|---|---|",
+        "| stores | check |", "|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         found = problems(res)
@@ -77,7 +78,7 @@ def render(results: list[StaticResult], arch: int, versions: str) -> str:
         lines.append(
             f"| {res.name} | {res.num_warps} | {r.registers} | {r.stack}/{r.local} | {r.shared} "
             f"| {r.widest_load_bits}-bit | {r.widest_store_bits}-bit "
-            f"| {'yes' if r.hot else 'no'}{'' if r.streams_stores else ' (row results)'} | {check} |")
+            f"| {'streamed' if r.streams_stores else 'row results'} | {check} |")
     failing = sum(1 for res in results if problems(res))
     lines += ["", f"{len(results)} kernels, {failing} failing a check." if failing
               else f"{len(results)} kernels; every check holds.", ""]

@@ -34,8 +34,9 @@ class KernelSpec:
     constexprs: dict  # constexpr name -> value
     aligned: tuple = ()  # argument names a real launch sees as 16-divisible (pointers, strides)
     num_warps: int = 4
-    hot: bool = True  # a streaming kernel: its loads must be 128-bit wide, no local memory
-    streams_stores: bool = True  # its stores stream too (must be 128-bit); False: per-row results
+    # Every kernel streams its inputs (128-bit loads, no local memory); False here: it stores
+    # per-row results, which may be narrow, rather than streaming its output too.
+    streams_stores: bool = True
 
 
 @dataclasses.dataclass
@@ -48,17 +49,14 @@ class KernelReport:
     shared: int
     widest_load_bits: int
     widest_store_bits: int
-    hot: bool
     streams_stores: bool
 
 
 def problems(report: KernelReport) -> list[str]:
-    """What breaks the properties a hot (streaming) kernel's speed relies on: no local memory
+    """What breaks the properties a streaming kernel's speed relies on: no local memory
     (spills), 128-bit global loads, and 128-bit stores where it streams its output. Empty when
-    they all hold, or for a kernel that is not hot."""
+    they all hold."""
     found = []
-    if not report.hot:
-        return found
     if report.local or report.stack:
         found.append(f"local memory {report.local} B, stack {report.stack} B (spills)")
     if report.widest_load_bits < 128:
@@ -96,7 +94,6 @@ def compile_spec(spec: KernelSpec, arch: int) -> KernelReport:
         shared=usage.get("SHARED", 0),
         widest_load_bits=_widest(sass, "LDG"),
         widest_store_bits=_widest(sass, "STG"),
-        hot=spec.hot,
         streams_stores=spec.streams_stores,
     )
 
