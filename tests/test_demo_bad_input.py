@@ -30,24 +30,8 @@ TINY = ["--context", "16", "--layers", "1", "--dim", "32", "--heads", "2", "--ba
         "--dtype", "float32"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops: two threads on a busy 2-core machine cost far more than they save."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def toy_folder(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("toy")
-    rng = torch.Generator().manual_seed(7)
-    words = ["if", "else", "x", "y", "=", "+", "1", "2", "print", "(", ")"]
-    for i in range(4):
-        picks = torch.randint(0, len(words), (200,), generator=rng).tolist()
-        (folder / f"f{i}.py").write_text(" ".join(words[j] for j in picks) + "\n")
-    return str(folder)
+# the demo CLI tests' fixtures: one torch thread per tiny op, a toy source folder
+from test_demo_cli import one_thread, toy_folder  # noqa: E402,F401
 
 
 def _argv(toy_folder, out, *extra) -> list[str]:
