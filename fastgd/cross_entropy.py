@@ -16,19 +16,16 @@ host sync), so autograd and ``torch.compile`` see ordinary code around one custo
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from . import backend, guard
+from . import guard
 from .cross_entropy_ops import cross_entropy_rows
-from .dtypes import compute_dtype
 from .errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
+from .loss_checks import as_float_option, check_class_weight, check_options
 
-_REDUCTIONS = ("none", "mean", "sum")
 # The kernels' tile loop counts classes in int32: leave room for the last tile's start.
 MAX_CLASSES = 2**31 - 2**16
 
@@ -71,10 +68,10 @@ def cross_entropy(
     and gradient are NaN (checking would need a host sync). Nothing is read out of bounds.
     """
     label_smoothing = as_float_option(label_smoothing, "label_smoothing")
-    _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
+    check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
     logits, flat_target, out_shape = _as_rows(input, target)
     n_classes = logits.shape[1]
-    weight = _check_weight(weight, n_classes, logits)
+    weight = check_class_weight(weight, n_classes, logits)
     if inplace_backward and guard.has_internal_overlap(logits):
         raise InvalidValueError(
             f"inplace_backward=True writes the gradient over the logits, but elements of input "
@@ -115,7 +112,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     ) -> None:
         label_smoothing = as_float_option(label_smoothing, "label_smoothing")
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        _check_options(self.reduction, label_smoothing, z_loss, softcap, logit_scale, None)
+        check_options(self.reduction, label_smoothing, z_loss, softcap, logit_scale, None)
         self.z_loss = z_loss
         self.softcap = softcap
         self.logit_scale = logit_scale
@@ -233,75 +230,3 @@ def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]
         # The kernels address a row's classes with 32-bit offsets (row offsets are 64-bit).
         logits = logits.contiguous()
     return logits, flat_target.contiguous(), out_shape
-
-
-def _check_weight(weight, n_classes, logits) -> Optional[Tensor]:
-    if weight is None:
-        return None
-    if not isinstance(weight, Tensor) or not weight.is_floating_point():
-        raise InvalidTypeError("weight must be a floating-point tensor of one weight per class")
-    if weight.shape != (n_classes,):
-        raise InvalidValueError(f"weight must have shape (C,) = ({n_classes},), got "
-                                f"{tuple(weight.shape)}")
-    if weight.device != logits.device:
-        raise InvalidValueError(f"weight is on {weight.device} but input is on {logits.device}")
-    return weight.to(compute_dtype(logits.dtype)).contiguous()
-
-
-def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{reduction} is not a valid value for reduction: expected one of "
-                         f"{_REDUCTIONS}")
-    if not _is_real(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
-        raise InvalidValueError(f"label_smoothing must be between 0.0 and 1.0. Got: "
-                                f"{label_smoothing!r}")
-    if not _is_real(z_loss) or not 0 <= z_loss < math.inf:
-        raise InvalidValueError(f"z_loss={z_loss!r}: must be a finite float >= 0 (0 disables it)")
-    if softcap is not None and (not _is_real(softcap) or not 0 < softcap < math.inf):
-        raise InvalidValueError(f"softcap={softcap!r}: must be a finite float > 0, or None to "
-                                f"disable it")
-    if not _is_real(logit_scale) or not 0 < logit_scale < math.inf:
-        raise InvalidValueError(f"logit_scale={logit_scale!r}: must be a finite float > 0")
-    if num_items is not None:
-        _check_num_items(num_items, reduction)
-
-
-def _check_num_items(num_items, reduction) -> None:
-    """A positive finite count. A tensor's value is checked where that costs no device sync
-    (host memory, outside torch.compile); on a GPU a count <= 0 gives an inf/NaN loss."""
-    if reduction == "none":
-        raise ValueError("num_items divides the summed loss: use it with reduction='mean' "
-                         "or 'sum', not 'none'")
-    if isinstance(num_items, Tensor):
-        if num_items.dim() != 0:
-            raise InvalidValueError(f"num_items must be a 0-dim tensor, got shape "
-                                    f"{tuple(num_items.shape)}")
-        if num_items.is_complex() or num_items.dtype == torch.bool:
-            raise InvalidTypeError(f"num_items must be a real number, got a {num_items.dtype} "
-                                   f"tensor")
-        if backend.can_check_on_host(num_items) and not torch.compiler.is_compiling():
-            if not bool((num_items > 0) & torch.isfinite(num_items)):
-                raise InvalidValueError(f"num_items={float(num_items)!r}: must be a finite "
-                                        f"count > 0")
-    elif isinstance(num_items, bool) or not isinstance(num_items, numbers.Real):
-        raise InvalidTypeError(f"num_items must be an int or a 0-dim tensor, got "
-                               f"{type(num_items).__name__}")
-    elif not 0 < num_items < math.inf:
-        raise InvalidValueError(f"num_items={num_items!r}: must be a finite count > 0")
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def as_float_option(value, name: str):
-    """A float option given as a one-element tensor (torch accepts ``label_smoothing=
-    torch.tensor(0.1)``), read once on the host -- a device sync for a GPU tensor, as in torch;
-    anything else is returned as it is for :func:`_check_options` to judge."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-            raise InvalidValueError(f"{name} must be a float (or a one-element real tensor), "
-                                    f"got a tensor of shape {tuple(value.shape)} and dtype "
-                                    f"{value.dtype}")
-        return float(value)
-    return value

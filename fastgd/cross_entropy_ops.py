@@ -8,7 +8,7 @@ Triton kernels or the PyTorch path, as :mod:`fastgd.backend` decides.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -29,6 +29,15 @@ def check_target_range(target: Tensor, n_classes: int, ignore_index: int) -> Non
         value = target[bad][0].item()
         raise TargetOutOfBoundsError(f"Target {value} is out of bounds: outside [0, {n_classes}) "
                                      f"and not ignore_index={ignore_index}")
+
+
+class RowOptions(NamedTuple):
+    """The options of the row ops, as the kernels and the PyTorch path read them."""
+
+    ignore_index: int
+    label_smoothing: float
+    logit_scale: float
+    softcap: float  # <= 0: no soft cap
 
 
 # --------------------------------------------------------------------------- Triton launchers
@@ -59,32 +68,33 @@ def check_row_operands(logits, target, weight, *, lse=None, grad_ce=None, grad_l
                              shape=(n_rows, n_classes), writable=True)
 
 
-def _kernel_flags(logits, weight, label_smoothing, softcap):
+def _kernel_flags(logits, weight, options: RowOptions):
     block, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
     return dict(
         HAS_WEIGHT=weight is not None,
-        HAS_SMOOTHING=label_smoothing > 0,
-        HAS_SOFTCAP=softcap > 0,
+        HAS_SMOOTHING=options.label_smoothing > 0,
+        HAS_SOFTCAP=options.softcap > 0,
         COMPUTE=triton_compute_dtype(logits.dtype),
         BLOCK_V=block,
         num_warps=num_warps,
     )
 
 
-def _float_args(*values: float) -> list[float]:
-    """Each float as an exact (hi, lo) pair of fp32 values (see kernels.common.float_arg)."""
+def _float_options(options: RowOptions) -> list[float]:
+    """The float options as exact (hi, lo) pairs of fp32 values (see kernels.common.float_arg),
+    in the kernels' argument order."""
     out = []
-    for value in values:
+    for value in (options.label_smoothing, options.logit_scale,
+                  options.softcap if options.softcap > 0 else 1.0):
         hi = float(np.float32(value))
         out += [hi, float(np.float32(value - hi))]
     return out
 
 
-def _launch_forward(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap):
+def _launch_forward(logits, target, weight, options: RowOptions):
     from .kernels.cross_entropy import cross_entropy_forward_kernel
 
     n_rows, n_classes = logits.shape
-    check_row_operands(logits, target, weight)
     ce = torch.empty(n_rows, dtype=compute_dtype(logits.dtype), device=logits.device)
     lse = torch.empty_like(ce)
     if n_rows == 0:
@@ -95,22 +105,16 @@ def _launch_forward(logits, target, weight, ignore_index, label_smoothing, logit
             logits, logits.stride(0), logits.stride(1),
             target, weight if weight is not None else ce, weight_sum,
             ce, lse,
-            n_classes, ignore_index,
-            *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
-            **_kernel_flags(logits, weight, label_smoothing, softcap),
+            n_classes, options.ignore_index, *_float_options(options),
+            **_kernel_flags(logits, weight, options),
         )
     return ce, lse
 
 
-def _launch_backward(
-    grad, logits, target, weight, lse, grad_ce, grad_lse,
-    ignore_index, label_smoothing, logit_scale, softcap,
-):
+def _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options: RowOptions):
     from .kernels.cross_entropy import cross_entropy_backward_kernel
 
     n_rows, n_classes = logits.shape
-    check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse,
-                       grad=grad)
     if n_rows == 0:
         return
     weight_sum = weight.sum() if weight is not None else lse
@@ -120,11 +124,34 @@ def _launch_backward(
             grad, grad.stride(0), grad.stride(1),
             target, weight if weight is not None else lse, weight_sum,
             lse, grad_ce, grad_lse if grad_lse is not None else lse,
-            n_classes, ignore_index,
-            *_float_args(label_smoothing, logit_scale, softcap if softcap > 0 else 1.0),
+            n_classes, options.ignore_index, *_float_options(options),
             HAS_GRAD_LSE=grad_lse is not None,
-            **_kernel_flags(logits, weight, label_smoothing, softcap),
+            **_kernel_flags(logits, weight, options),
         )
+
+
+# --------------------------------------------------------------------------- dispatch
+def rows_forward(logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                 options: RowOptions) -> tuple[Tensor, Tensor]:
+    """Per-row ``(ce, lse)`` of ``(N, C)`` logits: the kernels or the PyTorch path, as
+    :mod:`fastgd.backend` decides, after the same checks on both."""
+    check_row_operands(logits, target, weight)
+    if backend.uses_kernels(logits):
+        return _launch_forward(logits, target, weight, options)
+    return torch_path.rows_forward(logits, target, weight, options)
+
+
+def rows_backward_into(grad: Tensor, logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                       lse: Tensor, grad_ce: Tensor, grad_lse: Optional[Tensor],
+                       options: RowOptions) -> None:
+    """Write ``d loss / d logits`` into ``grad`` (which may be ``logits`` itself)."""
+    check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse,
+                       grad=grad)
+    if backend.uses_kernels(logits):
+        _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options)
+    else:
+        grad.copy_(torch_path.rows_backward(logits, target, weight, lse, grad_ce, grad_lse,
+                                            options))
 
 
 # --------------------------------------------------------------------------- library ops
@@ -141,17 +168,15 @@ def cross_entropy_rows(
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``(ce, lse)``; ``softcap <= 0`` means no soft cap. ``inplace_backward`` only
     tells the backward where to write."""
-    check_row_operands(logits, target, weight)  # on both paths: one behaviour for bad input
     if backend.can_check_on_host(target):  # inside the op: eager, and opaque to torch.compile
         check_target_range(target, logits.shape[1], ignore_index)
-    args = (logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap)
-    if backend.uses_kernels(logits):
-        return _launch_forward(*args)
-    return torch_path.rows_forward(*args)
+    return rows_forward(logits, target, weight,
+                        RowOptions(ignore_index, label_smoothing, logit_scale, softcap))
 
 
 @cross_entropy_rows.register_fake
-def _(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap, inplace_backward):
+def _(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap,
+      inplace_backward):
     ce = logits.new_empty(logits.shape[0], dtype=compute_dtype(logits.dtype))
     return ce, torch.empty_like(ce)
 
@@ -169,14 +194,10 @@ def cross_entropy_rows_backward(
     logit_scale: float,
     softcap: float,
 ) -> Tensor:
-    check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse)
-    args = (target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
-            softcap)
-    if backend.uses_kernels(logits):
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        _launch_backward(grad, logits, *args)
-        return grad
-    return torch_path.rows_backward(logits, *args)
+    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    rows_backward_into(grad, logits, target, weight, lse, grad_ce, grad_lse,
+                       RowOptions(ignore_index, label_smoothing, logit_scale, softcap))
+    return grad
 
 
 @cross_entropy_rows_backward.register_fake
@@ -199,21 +220,16 @@ def cross_entropy_rows_backward_(
     softcap: float,
 ) -> None:
     """As ``cross_entropy_rows_backward``, writing the gradient over ``logits``."""
-    check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse,
-                       grad=logits)
-    args = (target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
-            softcap)
-    if backend.uses_kernels(logits):
-        _launch_backward(logits, logits, *args)
-    else:
-        logits.copy_(torch_path.rows_backward(logits, *args))
+    rows_backward_into(logits, logits, target, weight, lse, grad_ce, grad_lse,
+                       RowOptions(ignore_index, label_smoothing, logit_scale, softcap))
 
 
 def _setup_context(ctx, inputs, output):
     logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap, inplace = inputs
     ctx.save_for_backward(logits, target, weight, output[1])
-    ctx.options = (ignore_index, label_smoothing, logit_scale, softcap)
+    ctx.options = RowOptions(ignore_index, label_smoothing, logit_scale, softcap)
     ctx.inplace = inplace
+    ctx.n_inputs = len(inputs)
     # An unused output's gradient stays None (not zeros): the backward then skips ignored rows.
     ctx.set_materialize_grads(False)
 
@@ -230,7 +246,7 @@ def _backward(ctx, grad_ce, grad_lse):
         grad = logits
     else:
         grad = cross_entropy_rows_backward(logits, *args)
-    return grad, None, None, None, None, None, None, None
+    return (grad,) + (None,) * (ctx.n_inputs - 1)  # only the logits are differentiable
 
 
 cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)

@@ -34,9 +34,11 @@ def _target_info(target, weight, n_classes, ignore_index, dtype):
     return safe_target, ignored, in_range, w_t
 
 
-def rows_forward(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap):
+def rows_forward(logits, target, weight, options):
+    """Per-row ``(ce, lse)``; ``options`` is a ``cross_entropy_ops.RowOptions``."""
+    ignore_index, label_smoothing = options.ignore_index, options.label_smoothing
     n_classes = logits.shape[1]
-    z = _z(logits, logit_scale, softcap)
+    z = _z(logits, options.logit_scale, options.softcap)
     lse = _logsumexp(z)
     safe_target, ignored, in_range, w_t = _target_info(
         target, weight, n_classes, ignore_index, z.dtype
@@ -52,10 +54,11 @@ def rows_forward(logits, target, weight, ignore_index, label_smoothing, logit_sc
     return ce, lse
 
 
-def rows_backward(
-    logits, target, weight, lse, grad_ce, grad_lse: Optional[torch.Tensor],
-    ignore_index, label_smoothing, logit_scale, softcap,
-):
+def rows_backward(logits, target, weight, lse, grad_ce, grad_lse: Optional[torch.Tensor],
+                  options):
+    """``d loss / d logits`` (a new tensor in the logits' dtype)."""
+    ignore_index, label_smoothing = options.ignore_index, options.label_smoothing
+    softcap, logit_scale = options.softcap, options.logit_scale
     n_classes = logits.shape[1]
     z = _z(logits, logit_scale, softcap)
     safe_target, ignored, in_range, w_t = _target_info(

@@ -20,8 +20,9 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .cross_entropy import _check_options, _check_weight, as_float_option, assemble_loss
+from .cross_entropy import assemble_loss
 from .errors import InvalidTypeError, InvalidValueError
+from .loss_checks import as_float_option, check_class_weight, check_options
 from .linear_cross_entropy_ops import linear_cross_entropy_rows
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -60,9 +61,9 @@ def linear_cross_entropy(
     (decided from shapes alone: no host sync).
     """
     label_smoothing = as_float_option(label_smoothing, "label_smoothing")
-    _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
+    check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
     rows, flat_target, out_shape = _as_rows(hidden, weight, target, bias)
-    class_weight = _check_weight(class_weight, weight.shape[0], rows)
+    class_weight = check_class_weight(class_weight, weight.shape[0], rows)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise InvalidValueError(f"chunk_size={chunk_size!r}: must be an int >= 1, or None for the "
@@ -100,7 +101,7 @@ class LinearCrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         label_smoothing = as_float_option(label_smoothing, "label_smoothing")
-        _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, None)
+        check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, None)
         self.register_buffer("class_weight", class_weight)
         self.ignore_index = ignore_index
         self.reduction = reduction

@@ -43,8 +43,7 @@ import torch
 from torch import Tensor
 
 from . import backend
-from . import cross_entropy_torch as torch_path
-from .cross_entropy_ops import _launch_backward, _launch_forward, check_target_range
+from .cross_entropy_ops import RowOptions, check_target_range, rows_backward_into, rows_forward
 from .dtypes import compute_dtype
 from .launch_config import linear_cross_entropy_chunk
 
@@ -87,21 +86,6 @@ def _logits_into(out: Tensor, h_chunk: Tensor, weight: Tensor, bias: Optional[Te
     return torch.mm(h_chunk, weight.t(), out=out)
 
 
-# --------------------------------------------------------------------------- row kernels
-def _rows_forward(logits, target, class_weight, options):
-    if backend.uses_kernels(logits):
-        return _launch_forward(logits, target, class_weight, *options)
-    return torch_path.rows_forward(logits, target, class_weight, *options)
-
-
-def _rows_backward_in_place(logits, target, class_weight, lse, grad_ce, grad_lse, options):
-    if backend.uses_kernels(logits):
-        _launch_backward(logits, logits, target, class_weight, lse, grad_ce, grad_lse, *options)
-    else:
-        logits.copy_(torch_path.rows_backward(logits, target, class_weight, lse, grad_ce,
-                                              grad_lse, *options))
-
-
 # --------------------------------------------------------------------------- fp32 accumulate
 # torch >= 2.8 has a CUDA GEMM that reads 16-bit operands and accumulates into an fp32 output
 # (aten::addmm.dtype_out). Where it is missing or refuses, fall back to upcasting the chunk.
@@ -138,8 +122,8 @@ def _forward_pass(hidden, weight, bias, target, class_weight, options, chunk_siz
     buffer = torch.empty(rows, n_classes, dtype=hidden.dtype, device=hidden.device)
     for start, stop in _chunks(n_rows, rows):
         logits = _logits_into(buffer[: stop - start], hidden[start:stop], weight, bias)
-        ce[start:stop], lse[start:stop] = _rows_forward(logits, target[start:stop], class_weight,
-                                                        options)
+        ce[start:stop], lse[start:stop] = rows_forward(logits, target[start:stop], class_weight,
+                                                       options)
     return ce, lse
 
 
@@ -157,8 +141,8 @@ def _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, gra
     for start, stop in _chunks(n_rows, rows):
         h_chunk = hidden[start:stop]
         grad = _logits_into(buffer[: stop - start], h_chunk, weight, bias)
-        _rows_backward_in_place(
-            grad, target[start:stop], class_weight, lse[start:stop], grad_ce[start:stop],
+        rows_backward_into(  # in place: the chunk's logits become their gradient
+            grad, grad, target[start:stop], class_weight, lse[start:stop], grad_ce[start:stop],
             grad_lse[start:stop] if grad_lse is not None else None, options)
         if need_hidden:
             torch.mm(grad, weight, out=d_hidden[start:stop])
@@ -191,7 +175,7 @@ def linear_cross_entropy_rows(
     ``softcap <= 0``: no soft cap; ``chunk_size <= 0``: rows from the memory budget."""
     if backend.can_check_on_host(target):  # inside the op: eager, and opaque to torch.compile
         check_target_range(target, weight.shape[0], ignore_index)
-    options = (ignore_index, label_smoothing, logit_scale, softcap)
+    options = RowOptions(ignore_index, label_smoothing, logit_scale, softcap)
     return _forward_pass(hidden, weight, bias, target, class_weight, options, chunk_size)
 
 
@@ -222,7 +206,7 @@ def linear_cross_entropy_rows_backward(
     need_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(d_hidden, d_weight, d_bias)``; each is an empty tensor when not asked for."""
-    options = (ignore_index, label_smoothing, logit_scale, softcap)
+    options = RowOptions(ignore_index, label_smoothing, logit_scale, softcap)
     return _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse,
                           options, chunk_size, need_hidden, need_weight, need_bias and
                           bias is not None)
@@ -241,16 +225,18 @@ def _(hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse, ignore
 def _setup_context(ctx, inputs, output):
     hidden, weight, bias, target, class_weight, *options, chunk_size = inputs
     ctx.save_for_backward(hidden, weight, bias, target, class_weight, output[1])
-    ctx.options = tuple(options)
+    ctx.options = RowOptions(*options)
     ctx.chunk_size = chunk_size
+    ctx.n_inputs = len(inputs)
     ctx.set_materialize_grads(False)  # an unused lse keeps a None gradient: no lse term at all
 
 
 def _backward(ctx, grad_ce, grad_lse):
     hidden, weight, bias, target, class_weight, lse = ctx.saved_tensors
     need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+    differentiable = 3  # hidden, weight, bias; the rest are targets and options
     if not (need_hidden or need_weight or need_bias):
-        return (None,) * 10
+        return (None,) * ctx.n_inputs
     if grad_ce is None:
         grad_ce = torch.zeros_like(lse)
     grad_ce = grad_ce.contiguous()  # a grad from .sum().backward() has stride 0
@@ -259,7 +245,7 @@ def _backward(ctx, grad_ce, grad_lse):
         hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse, *ctx.options,
         ctx.chunk_size, need_hidden, need_weight, need_bias)
     return (d_hidden if need_hidden else None, d_weight if need_weight else None,
-            d_bias if need_bias else None) + (None,) * 7
+            d_bias if need_bias else None) + (None,) * (ctx.n_inputs - differentiable)
 
 
 linear_cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 import fastgd
 from ce_cases import check_against_torch, make_inputs
-from fastgd.cross_entropy_ops import _launch_backward, _launch_forward, cross_entropy_rows
-from fastgd.cross_entropy_torch import rows_backward, rows_forward
+from fastgd.cross_entropy_ops import (RowOptions, cross_entropy_rows, rows_backward_into,
+                                      rows_forward)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -80,15 +80,11 @@ def test_out_of_range_target_without_host_check_is_nan_not_out_of_bounds(path, d
     # gradient are NaN, the other rows are unaffected. Called below the host check.
     logits, target, _ = make_inputs(3, 50, torch.float32, device, ignore_some=False)
     target[1] = 10_000
-    args = (target, None, -100, 0.0, 1.0, 0.0)
-    if path == "kernels":
-        ce, lse = _launch_forward(logits, *args)
+    options = RowOptions(ignore_index=-100, label_smoothing=0.0, logit_scale=1.0, softcap=0.0)
+    with fastgd.force_backend("torch" if path == "torch" else "auto"):
+        ce, lse = rows_forward(logits, target, None, options)
         grad = torch.empty_like(logits)
-        _launch_backward(grad, logits, target, None, lse, torch.ones_like(ce), None,
-                         *args[2:])
-    else:
-        ce, lse = rows_forward(logits, *args)
-        grad = rows_backward(logits, target, None, lse, torch.ones_like(ce), None, *args[2:])
+        rows_backward_into(grad, logits, target, None, lse, torch.ones_like(ce), None, options)
     assert ce[1].isnan() and not ce[[0, 2]].isnan().any()
     assert grad[1].isnan().all() and not grad[[0, 2]].isnan().any()
     assert lse.isfinite().all()
