@@ -5,15 +5,21 @@ here); the repository's top-level ``kernels/`` folder is installed as ``fastgd.k
 no top-level ``kernels`` module: that name belongs to another PyPI project, and
 ``kernels/__init__.py`` hands the name over to it when the checkout is on ``sys.path``.
 """
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).parent
+# The version lives in fastgd/_version.py only; reading it as text keeps torch out of the build.
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (HERE / "fastgd" / "_version.py").read_text(
+    encoding="utf-8"), re.MULTILINE).group(1)
+
 setup(
     name="fastgd",
-    version="0.1.0",
+    version=VERSION,
     description="Triton kernels for the loss and the optimizer step of LLM training",
-    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license_expression="MIT",
     license_files=["LICENSE"],

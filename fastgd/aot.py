@@ -21,7 +21,7 @@ import tempfile
 from typing import Any
 
 # Modules whose launchers define aot_specs(); a new kernel module adds itself here.
-AOT_MODULES = ["fastgd.cross_entropy_ops", "fastgd.optim_launch"]
+AOT_MODULES = ["fastgd.losses.cross_entropy_ops", "fastgd.optim.launch"]
 
 ALIGNED = [["tt.divisibility", 16]]
 

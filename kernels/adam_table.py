@@ -1,6 +1,6 @@
 """The column layout of the Adam kernels' launch tables: the one definition that the kernels
 (``kernels/adam.py``, which wraps each as ``tl.constexpr``) and the host that fills the tables
-(``fastgd/optim_launch.py``) both read by name. Plain ints and no triton import, so the host
+(``fastgd/optim/launch.py``) both read by name. Plain ints and no triton import, so the host
 can use it without Triton.
 
 Both tables are int64; a float is stored as its float64 bits.

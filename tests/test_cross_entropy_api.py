@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import fastgd
 from ce_cases import check_against_torch, make_inputs
-from fastgd.cross_entropy_ops import (RowOptions, cross_entropy_rows, rows_backward_into,
+from fastgd.losses.cross_entropy_ops import (RowOptions, cross_entropy_rows, rows_backward_into,
                                       rows_forward)
 
 

@@ -5,7 +5,7 @@ import torch
 
 import fastgd
 from fastgd.launch_config import LCE_CHUNK_BUDGET_BYTES, linear_cross_entropy_chunk
-from fastgd.linear_cross_entropy_ops import linear_cross_entropy_rows
+from fastgd.losses.linear_cross_entropy_ops import linear_cross_entropy_rows
 from linear_cross_entropy_cases import make_inputs
 from tolerances import assert_same
 

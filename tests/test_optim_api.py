@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fastgd
-from fastgd import optim_launch
+from fastgd.optim import launch as optim_launch
 from fastgd.launch_config import ADAM_BLOCK
 from fastgd.kernels import adam as adam_kernels
 from test_optim import _assert_state_same, _leaves, _loss, _mlp, _set_grads

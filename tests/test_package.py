@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import fastgd
+
 ROOT = Path(__file__).resolve().parents[1]
 # What a copy of the source tree leaves out: version control, environments, build and run outputs.
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
@@ -194,6 +196,8 @@ def test_wheel_metadata_license(built):
         meta = email.message_from_bytes(whl.read(f"{info}/METADATA"))
         license_text = whl.read(f"{info}/licenses/LICENSE").decode()
     assert meta["License-Expression"] == "MIT" and meta["License-File"] == "LICENSE"
+    # setup.py reads the version from fastgd/_version.py: the wheel says what fastgd says.
+    assert meta["Version"] == fastgd.__version__
     assert license_text.startswith("MIT License")
     classifiers = meta.get_all("Classifier")
     assert "Typing :: Typed" in classifiers

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import backend, guard
-from .kernels import adam_table as table
-from .dtypes import (KERNEL_FLOAT_DTYPES, TRITON_TYPE_NAMES, triton_compute_dtype,
+from .. import backend, guard
+from ..kernels import adam_table as table
+from ..dtypes import (KERNEL_FLOAT_DTYPES, TRITON_TYPE_NAMES, triton_compute_dtype,
                      triton_dtype)
-from .launch_config import ADAM_NORM_REDUCE_BLOCK, adam_launch
+from ..launch_config import ADAM_NORM_REDUCE_BLOCK, adam_launch
 
 KERNEL_DTYPES = KERNEL_FLOAT_DTYPES
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # torch's names, in table order
@@ -275,7 +275,7 @@ def launch_grad_sumsq(
     """Sum of squares of the (unscaled) gradients of clipping groups over ``launches`` (buckets of
     one device, each with a tensor of its dtype); returns the fp32 norm (also in scratch.sumsq
     as a float64 sum of squares)."""
-    from .kernels.adam import grad_sumsq_kernel
+    from ..kernels.adam import grad_sumsq_kernel
 
     norm = torch.empty((), dtype=torch.float32, device=like.device)
     n_partials = sum(bucket.n_blocks for bucket, _ in launches)
@@ -301,7 +301,7 @@ def launch_adam(
 ) -> None:
     """One Adam step of every tensor of ``bucket`` (tensors of ``sample``'s device and dtype).
     ``grad_sumsq``: the global sum of squares when some group of the bucket clips."""
-    from .kernels.adam import adam_kernel
+    from ..kernels.adam import adam_kernel
 
     block, num_warps = adam_launch(sample.dtype)
     unused = bucket.tensor_table  # any valid pointer for an argument the flags switch off
@@ -321,8 +321,8 @@ def launch_adam(
 # --------------------------------------------------------------------------- AOT compile specs
 def aot_specs():
     """The kernels as a real launch of aligned tensors specialises them, for :mod:`fastgd.aot`."""
-    from .aot import KernelSpec
-    from .kernels.adam import adam_kernel, grad_sumsq_kernel
+    from ..aot import KernelSpec
+    from ..kernels.adam import adam_kernel, grad_sumsq_kernel
 
     tables = {"tensor_table_ptr": "*i64", "group_table_ptr": "*i64", "block_table_ptr": "*i32"}
     specs = []

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .dtypes import compute_dtype
+from ..dtypes import compute_dtype
 
 
 def _z(logits: torch.Tensor, logit_scale: float, softcap: float) -> torch.Tensor:

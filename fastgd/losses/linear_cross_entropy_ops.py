@@ -4,7 +4,7 @@
 ``fastgd::linear_cross_entropy_rows(hidden (N, H), weight (V, H), bias (V,)?, target (N,), ...)
 -> (ce (N,), lse (N,))`` with an autograd formula that calls
 ``fastgd::linear_cross_entropy_rows_backward`` (-> d_hidden, d_weight, d_bias). Reductions,
-validation and the public API live in :mod:`fastgd.linear_cross_entropy`.
+validation and the public API live in :mod:`fastgd.losses.linear_cross_entropy`.
 
 How a pass works (shared by every backend -- only the row kernels differ; the matmuls are torch's):
 one ``(rows, V)`` buffer in the logits' dtype is reused for every chunk of ``rows`` tokens.
@@ -42,10 +42,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backend
+from .. import backend
 from .cross_entropy_ops import RowOptions, check_target_range, rows_backward_into, rows_forward
-from .dtypes import compute_dtype
-from .launch_config import linear_cross_entropy_chunk
+from ..dtypes import compute_dtype
+from ..launch_config import linear_cross_entropy_chunk
 
 # Chunk-sized fp32 temporaries made by the PyTorch row path (cross_entropy_torch: the upcast
 # logits, their exp, the gradient and its scaled copy). Measured on CPU (peak RSS, fp32, one

@@ -3,7 +3,7 @@
 scaling, a gradient-accumulation normaliser and an opt-in in-place backward.
 
 The loss of a batch is assembled from the per-row ``ce`` and ``lse`` of
-:func:`fastgd.cross_entropy_ops.cross_entropy_rows` with plain torch ops on ``N``-vectors (no
+:func:`fastgd.losses.cross_entropy_ops.cross_entropy_rows` with plain torch ops on ``N``-vectors (no
 host sync), so autograd and ``torch.compile`` see ordinary code around one custom op:
 
 * ``none``: ``ce_i + z_loss * lse_i**2`` (0 on ignored rows)
@@ -21,10 +21,10 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from . import guard
+from .. import guard
 from .cross_entropy_ops import cross_entropy_rows
-from .errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
-from .loss_checks import as_float_option, check_class_weight, check_options
+from ..errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
+from .checks import as_float_option, check_class_weight, check_options
 
 # The kernels' tile loop counts classes in int32: leave room for the last tile's start.
 MAX_CLASSES = 2**31 - 2**16

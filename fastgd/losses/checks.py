@@ -10,9 +10,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backend
-from .dtypes import compute_dtype
-from .errors import InvalidTypeError, InvalidValueError
+from .. import backend
+from ..dtypes import compute_dtype
+from ..errors import InvalidTypeError, InvalidValueError
 
 REDUCTIONS = ("none", "mean", "sum")
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam as torch_adam
 
-from . import backend
+from .. import backend
 
 
 def grad_sumsq(grads: list[Tensor], grad_scale: Optional[Tensor]) -> Tensor:

@@ -5,7 +5,7 @@ and GradScaler support decided on the device. No host sync in ``step()``.
 Same arguments, defaults, state layout (``step`` a float32 tensor on the parameter's device,
 ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and state_dict as torch's, so checkpoints move
 both ways. On the CPU without the Triton interpreter, torch's own functional Adam runs on the same
-state (fastgd.optim_torch).
+state (fastgd.optim.torch_path).
 
 Clipping (``max_grad_norm``, ours): the norm is the L2 norm over the gradients of every param
 group whose ``max_grad_norm`` is set (with every group set -- the usual case -- all gradients of
@@ -23,12 +23,13 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from . import backend, guard, optim_launch, optim_torch
-from .errors import InvalidTypeError, InvalidValueError
+from .. import backend, guard
+from . import launch, torch_path
+from ..errors import InvalidTypeError, InvalidValueError
 
 _EXTRA_DEFAULTS = {"max_grad_norm": None}
-_STATE_KEYS = optim_launch.STATE_KEYS
-_KERNEL_DTYPES = optim_launch.KERNEL_DTYPES + (torch.complex64, torch.complex128)  # as real views
+_STATE_KEYS = launch.STATE_KEYS
+_KERNEL_DTYPES = launch.KERNEL_DTYPES + (torch.complex64, torch.complex128)  # as real views
 
 
 class Adam(torch.optim.Optimizer):
@@ -294,24 +295,24 @@ def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[T
         if p.device not in on_kernels:
             on_kernels[p.device] = backend.uses_kernels(p)
         if on_kernels[p.device] and p.dtype in _KERNEL_DTYPES:
-            work = optim_launch.make_work(p, grad, state, index, param_groups[index]["amsgrad"],
+            work = launch.make_work(p, grad, state, index, param_groups[index]["amsgrad"],
                                           name)
             kernel_works[(p.device, work.param.dtype)].append(work)
         else:
             if p.device.type != "meta":  # torch steps meta tensors without touching memory
-                optim_launch.check_memory(name, p, {"gradient": grad, **{
+                launch.check_memory(name, p, {"gradient": grad, **{
                     key: state.get(key) for key in _STATE_KEYS}}, state["step"],
                     same_strides=False)  # torch's ops follow any strides
             torch_entries[(p.device, index)].append((p, grad, state))
 
     buckets = {}
     for key, works in kernel_works.items():
-        buckets[key] = optim_launch.prepare_bucket(works, cache["buckets"].get(key))
+        buckets[key] = launch.prepare_bucket(works, cache["buckets"].get(key))
         cache["buckets"][key] = buckets[key]
     tables = {}
     for (device, _), works in kernel_works.items():
         if device not in tables:
-            tables[device] = optim_launch.group_table(param_groups, works[0].param,
+            tables[device] = launch.group_table(param_groups, works[0].param,
                                                       cache["groups"].get(device))
             cache["groups"][device] = tables[device]
 
@@ -322,7 +323,7 @@ def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[T
     for key, bucket in buckets.items():
         device, _ = key
         works = kernel_works[key]
-        optim_launch.launch_adam(
+        launch.launch_adam(
             bucket, tables[device].table, works[0].param,
             _to(grad_scale, device), _to(found_inf, device),
             sumsq.get(device) if bucket.groups & clipping else None,
@@ -335,8 +336,8 @@ def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[T
         group = param_groups[index]
         coef = None
         if index in clipping:
-            coef = optim_torch.clip_coefficient(sumsq[device], group["max_grad_norm"])
-        optim_torch.adam_group_step(group, [e[0] for e in items], [e[1] for e in items],
+            coef = torch_path.clip_coefficient(sumsq[device], group["max_grad_norm"])
+        torch_path.adam_group_step(group, [e[0] for e in items], [e[1] for e in items],
                                     [e[2] for e in items], grad_scale, found_inf, coef)
     return norm
 
@@ -356,9 +357,9 @@ def _global_sumsq(param_groups, clipping, kernel_works, buckets, tables, torch_e
     for device, launches in by_device.items():
         like = launches[0][1]
         n_partials = sum(b.n_blocks for b, _ in launches)
-        scratch = optim_launch.new_norm_scratch(like, n_partials, cache["norm"].get(device))
+        scratch = launch.new_norm_scratch(like, n_partials, cache["norm"].get(device))
         cache["norm"][device] = scratch
-        norms[device] = optim_launch.launch_grad_sumsq(
+        norms[device] = launch.launch_grad_sumsq(
             launches, tables[device].table, scratch, _to(grad_scale, device), like)
         per_device[device] = scratch.sumsq
     torch_grads: dict = defaultdict(list)
@@ -366,7 +367,7 @@ def _global_sumsq(param_groups, clipping, kernel_works, buckets, tables, torch_e
         if index in clipping:
             torch_grads[device] += [e[1] for e in items]
     for device, grads in torch_grads.items():
-        part = optim_torch.grad_sumsq(grads, _to(grad_scale, device))
+        part = torch_path.grad_sumsq(grads, _to(grad_scale, device))
         if device in per_device:  # a dtype the kernels skip, beside kernel buckets
             per_device[device].add_(part)
         else:

@@ -1,5 +1,5 @@
 """The per-row cross-entropy as torch library ops (so ``torch.compile`` can trace through them),
-with their launchers. Everything about reductions lives in :mod:`fastgd.cross_entropy`.
+with their launchers. Everything about reductions lives in :mod:`fastgd.losses.cross_entropy`.
 
 ``fastgd::cross_entropy_rows(logits (N, C), target (N,), ...) -> (ce (N,), lse (N,))`` and its
 backward ``fastgd::cross_entropy_rows_backward`` (a new gradient tensor) or
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import backend, guard
+from .. import backend, guard
 from . import cross_entropy_torch as torch_path
-from .errors import InvalidTypeError, InvalidValueError, TargetOutOfBoundsError
-from .dtypes import TRITON_TYPE_NAMES, compute_dtype, triton_compute_dtype
-from .launch_config import cross_entropy_launch
+from ..errors import InvalidTypeError, InvalidValueError, TargetOutOfBoundsError
+from ..dtypes import TRITON_TYPE_NAMES, compute_dtype, triton_compute_dtype
+from ..launch_config import cross_entropy_launch
 
 
 def check_target_range(target: Tensor, n_classes: int, ignore_index: int) -> None:
@@ -92,7 +92,7 @@ def _float_options(options: RowOptions) -> list[float]:
 
 
 def _launch_forward(logits, target, weight, options: RowOptions):
-    from .kernels.cross_entropy import cross_entropy_forward_kernel
+    from ..kernels.cross_entropy import cross_entropy_forward_kernel
 
     n_rows, n_classes = logits.shape
     ce = torch.empty(n_rows, dtype=compute_dtype(logits.dtype), device=logits.device)
@@ -112,7 +112,7 @@ def _launch_forward(logits, target, weight, options: RowOptions):
 
 
 def _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options: RowOptions):
-    from .kernels.cross_entropy import cross_entropy_backward_kernel
+    from ..kernels.cross_entropy import cross_entropy_backward_kernel
 
     n_rows, n_classes = logits.shape
     if n_rows == 0:
@@ -255,8 +255,8 @@ cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------- AOT compile specs
 def aot_specs():
     """The kernels as a real launch specialises them, for :mod:`fastgd.aot`."""
-    from .aot import KernelSpec
-    from .kernels.cross_entropy import cross_entropy_backward_kernel, cross_entropy_forward_kernel
+    from ..aot import KernelSpec
+    from ..kernels.cross_entropy import cross_entropy_backward_kernel, cross_entropy_forward_kernel
 
     specs = []
     for dtype, ty in TRITON_TYPE_NAMES.items():

@@ -1,7 +1,7 @@
 """``fastgd.linear_cross_entropy`` and ``fastgd.LinearCrossEntropyLoss``: the cross-entropy of a
 language-model head, ``cross_entropy(hidden @ weight.T + bias, target)``, computed chunk by chunk
 over tokens so that the ``N x V`` logits never exist whole (see
-:mod:`fastgd.linear_cross_entropy_ops` for the passes and the bytes/FLOPs reasoning).
+:mod:`fastgd.losses.linear_cross_entropy_ops` for the passes and the bytes/FLOPs reasoning).
 
 Peak extra memory: one chunk of logits (``rows x V`` in the input dtype; rows from the 1 GiB
 budget of :func:`fastgd.launch_config.linear_cross_entropy_chunk`, or ``chunk_size``) plus, in the
@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from .cross_entropy import assemble_loss
-from .errors import InvalidTypeError, InvalidValueError
-from .loss_checks import as_float_option, check_class_weight, check_options
+from ..errors import InvalidTypeError, InvalidValueError
+from .checks import as_float_option, check_class_weight, check_options
 from .linear_cross_entropy_ops import linear_cross_entropy_rows
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
