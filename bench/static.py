@@ -1,13 +1,13 @@
 """Static GPU-code report: what the compiler makes of every fastgd kernel, without a GPU.
 
-``python -m bench.static [--arch 90] [--out DIR]`` compiles every kernel that
-:func:`fastgd.aot.all_specs` lists -- with the argument specialisations a real launch gets for
-typical shapes (16-byte aligned pointers, strides divisible by 16) -- through
-:func:`fastgd.aot.compile_spec`, and reports per kernel: registers, stack and local memory
-(spills), shared memory, the widest global load and store in the SASS, and whether the
+``python -m bench.static [--arch 80 90] [--out DIR]`` compiles every kernel that
+:func:`bench.aot.all_specs` lists -- built by the launchers' own argument builders, with the
+specialisations a real launch gets for typical shapes (16-byte aligned pointers, strides divisible
+by 16) -- through :func:`bench.aot.compile_spec`, and reports per kernel: registers, stack and
+local memory (spills), shared memory, the widest global load and store in the SASS, and whether the
 properties the streaming kernels rely on hold: no local memory, 128-bit loads, and 128-bit
 stores where the kernel streams its output. Writes ``static_sm<arch>.md`` and ``.json`` into
-``--out``; exits 1 when a property fails or a kernel does not compile.
+``--out`` per SM version; exits 1 when a property fails or a kernel does not compile.
 
 Runs without TRITON_INTERPRET (interpreted kernels cannot be compiled); ``python -m bench`` starts
 it in a subprocess with that variable removed.
@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import aot
+
 
 @dataclasses.dataclass
 class StaticResult:
@@ -28,28 +30,24 @@ class StaticResult:
     arch: int
     num_warps: int
     constexprs: dict  # the launch's block sizes and flags
-    report: object = None  # fastgd.aot.KernelReport, None when compiling failed
+    report: object = None  # bench.aot.KernelReport, None when compiling failed
     error: str = ""
 
 
 def problems(result: StaticResult) -> list[str]:
     """What breaks the properties fastgd's speed relies on (empty: all hold)."""
-    from fastgd.aot import problems as kernel_problems
-
     if result.report is None:
         return [f"does not compile: {result.error}"]
-    return kernel_problems(result.report)
+    return aot.problems(result.report)
 
 
 def compile_all(arch: int) -> list[StaticResult]:
-    from fastgd.aot import all_specs, compile_spec
-
     results = []
-    for spec in all_specs():
+    for spec in aot.all_specs():
         constexprs = {k: v for k, v in spec.constexprs.items() if isinstance(v, (int, bool, str))}
         result = StaticResult(spec.name, arch, spec.num_warps, constexprs)
         try:
-            result.report = compile_spec(spec, arch)
+            result.report = aot.compile_spec(spec, arch)
         except Exception as e:  # report it beside the others: a compile error is a finding
             result.error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e) else ''}"
         results.append(result)
@@ -61,7 +59,7 @@ def render(results: list[StaticResult], arch: int, versions: str) -> str:
         f"# fastgd kernels as compiled for sm_{arch} (static report, no GPU needed)", "",
         f"- {versions}",
         "- specialisation: what a real launch gets for typical shapes (pointers 16-byte aligned,",
-        "  strides divisible by 16), through `fastgd.aot.compile_spec`",
+        "  strides divisible by 16), through `bench.aot.compile_spec`",
         "- every kernel streams its inputs: no local memory and 128-bit global loads, and",
         "  128-bit stores when it streams its output too (*stores*: streamed; a per-row result",
         "  may be stored narrow)",
@@ -109,22 +107,26 @@ def _versions() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.static",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="SM version (default 90: H100/H200)")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90],
+                        help="SM versions (default 90: H100/H200; 80: A100)")
     parser.add_argument("--out", type=Path, help="folder for static_sm<arch>.md/.json")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("bench.static: unset TRITON_INTERPRET first; interpreted kernels cannot be compiled",
               file=sys.stderr)
         return 2
-    results = compile_all(args.arch)
-    text = render(results, args.arch, _versions())
-    print(text)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"static_sm{args.arch}.md").write_text(text)
-        (args.out / f"static_sm{args.arch}.json").write_text(
-            json.dumps(to_json(results), indent=1) + "\n")
-    return 1 if any(problems(res) for res in results) else 0
+    failing = False
+    for arch in args.arch:
+        results = compile_all(arch)
+        text = render(results, arch, _versions())
+        print(text)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"static_sm{arch}.md").write_text(text)
+            (args.out / f"static_sm{arch}.json").write_text(
+                json.dumps(to_json(results), indent=1) + "\n")
+        failing |= any(problems(res) for res in results)
+    return 1 if failing else 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
 """The dtype decisions shared by every op: the precision the math runs in, and how a torch dtype
-is named to Triton (as a ``tl`` type for launches, as a type string for compile specs)."""
+is named to Triton (as a ``tl`` type for launches, as a type string for compile signatures)."""
 from __future__ import annotations
 
 import torch
 
-# Triton's type strings ("*bf16" is a bfloat16 pointer in a compile signature).
-TRITON_TYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
-                     torch.float64: "fp64"}
-KERNEL_FLOAT_DTYPES = tuple(TRITON_TYPE_NAMES)
+# Triton's type string and ``triton.language`` name of each dtype a kernel argument may have
+# ("*bf16" is a bfloat16 pointer in a compile signature).
+_TRITON_NAMES = {
+    torch.bfloat16: ("bf16", "bfloat16"),
+    torch.float16: ("fp16", "float16"),
+    torch.float32: ("fp32", "float32"),
+    torch.float64: ("fp64", "float64"),
+    torch.int32: ("i32", "int32"),
+    torch.int64: ("i64", "int64"),
+}
+TRITON_TYPE_NAMES = {dtype: names[0] for dtype, names in _TRITON_NAMES.items()}
+# The dtypes the kernels take as data (logits, parameters, gradients, optimizer states).
+KERNEL_FLOAT_DTYPES = tuple(dtype for dtype in _TRITON_NAMES if dtype.is_floating_point)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -21,8 +30,7 @@ def triton_dtype(dtype: torch.dtype):
     must work without Triton)."""
     import triton.language as tl
 
-    return getattr(tl, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
-                        "fp64": "float64"}[TRITON_TYPE_NAMES[dtype]])
+    return getattr(tl, _TRITON_NAMES[dtype][1])
 
 
 def triton_compute_dtype(dtype: torch.dtype):

@@ -51,7 +51,7 @@ def linear_cross_entropy_chunk(n_rows: int, n_classes: int, bytes_per_logit: int
 # per thread: one (bf16/fp16) or two (fp32) 128-bit accesses per stream and thread, ~64-80
 # registers (3 programs per SM on sm_80/sm_90, ~100 KB of loads in flight per SM). 16 elements
 # per thread reached 128 registers and a stack frame in the sm_80/sm_90 compile (python -m
-# fastgd.aot). A tensor's tail wastes at most one block. Not tuned on a GPU yet. The norm's final
+# bench.static). A tensor's tail wastes at most one block. Not tuned on a GPU yet. The norm's final
 # reduction (one program, over one float64 partial per block) reads REDUCE_BLOCK at a time.
 ADAM_BLOCK = {torch.float16: 2048, torch.bfloat16: 2048, torch.float32: 2048, torch.float64: 2048}
 ADAM_NUM_WARPS = 8

@@ -1,7 +1,7 @@
 """The static report's verdicts and rendering, on fabricated compiler reports (tests/test_aot.py
 compiles the real kernels and checks them; this checks the report that shows the result)."""
 from bench import static
-from fastgd.aot import KernelReport
+from bench.aot import KernelReport
 
 
 def report(**changes) -> KernelReport:

@@ -17,7 +17,8 @@ from torch import Tensor
 from .. import backend, guard
 from . import cross_entropy_torch as torch_path
 from ..errors import InvalidTypeError, InvalidValueError, TargetOutOfBoundsError
-from ..dtypes import TRITON_TYPE_NAMES, compute_dtype, triton_compute_dtype
+from ..dtypes import compute_dtype, triton_compute_dtype
+from ..kernel_call import KernelCall
 from ..launch_config import cross_entropy_launch
 
 
@@ -68,66 +69,69 @@ def check_row_operands(logits, target, weight, *, lse=None, grad_ce=None, grad_l
                              shape=(n_rows, n_classes), writable=True)
 
 
-def _kernel_flags(logits, weight, options: RowOptions):
-    block, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
-    return dict(
-        HAS_WEIGHT=weight is not None,
-        HAS_SMOOTHING=options.label_smoothing > 0,
-        HAS_SOFTCAP=options.softcap > 0,
-        COMPUTE=triton_compute_dtype(logits.dtype),
+def _shared_args(logits, target, weight, unused, options: RowOptions) -> dict:
+    """The arguments both row kernels take alike, by parameter name; without weights, the two
+    weight pointers get ``unused`` (any valid pointer: the kernel never reads it)."""
+    block, _ = cross_entropy_launch(logits.shape[1], logits.dtype)
+    weight_sum = weight.sum() if weight is not None else unused
+    args = dict(
+        logits_ptr=logits, stride_row=logits.stride(0), stride_col=logits.stride(1),
+        target_ptr=target, weight_ptr=weight if weight is not None else weight_sum,
+        weight_sum_ptr=weight_sum, n_classes=logits.shape[1],
+        ignore_index=options.ignore_index,
+        HAS_WEIGHT=weight is not None, HAS_SMOOTHING=options.label_smoothing > 0,
+        HAS_SOFTCAP=options.softcap > 0, COMPUTE=triton_compute_dtype(logits.dtype),
         BLOCK_V=block,
-        num_warps=num_warps,
     )
-
-
-def _float_options(options: RowOptions) -> list[float]:
-    """The float options as exact (hi, lo) pairs of fp32 values (see kernels.common.float_arg),
-    in the kernels' argument order."""
-    out = []
-    for value in (options.label_smoothing, options.logit_scale,
-                  options.softcap if options.softcap > 0 else 1.0):
+    # The float options as exact (hi, lo) pairs of fp32 values (see kernels.common.float_arg).
+    for name, value in (("label_smoothing", options.label_smoothing),
+                        ("logit_scale", options.logit_scale),
+                        ("softcap", options.softcap if options.softcap > 0 else 1.0)):
         hi = float(np.float32(value))
-        out += [hi, float(np.float32(value - hi))]
-    return out
+        args[f"{name}_hi"], args[f"{name}_lo"] = hi, float(np.float32(value - hi))
+    return args
+
+
+def forward_call(logits, target, weight, ce, lse, options: RowOptions) -> KernelCall:
+    """The forward kernel's launch: one program per row, writing ``ce`` and ``lse``."""
+    from ..kernels.cross_entropy import cross_entropy_forward_kernel
+
+    _, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
+    return KernelCall(cross_entropy_forward_kernel, (logits.shape[0],),
+                      dict(_shared_args(logits, target, weight, ce, options),
+                           ce_ptr=ce, lse_ptr=lse), num_warps)
+
+
+def backward_call(grad, logits, target, weight, lse, grad_ce, grad_lse,
+                  options: RowOptions) -> KernelCall:
+    """The backward kernel's launch: one program per row, writing ``grad``."""
+    from ..kernels.cross_entropy import cross_entropy_backward_kernel
+
+    _, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
+    return KernelCall(cross_entropy_backward_kernel, (logits.shape[0],),
+                      dict(_shared_args(logits, target, weight, lse, options),
+                           grad_ptr=grad, grad_stride_row=grad.stride(0),
+                           grad_stride_col=grad.stride(1), lse_ptr=lse, grad_ce_ptr=grad_ce,
+                           grad_lse_ptr=grad_lse if grad_lse is not None else lse,
+                           HAS_GRAD_LSE=grad_lse is not None), num_warps)
 
 
 def _launch_forward(logits, target, weight, options: RowOptions):
-    from ..kernels.cross_entropy import cross_entropy_forward_kernel
-
-    n_rows, n_classes = logits.shape
+    n_rows = logits.shape[0]
     ce = torch.empty(n_rows, dtype=compute_dtype(logits.dtype), device=logits.device)
     lse = torch.empty_like(ce)
     if n_rows == 0:
         return ce, lse
-    weight_sum = weight.sum() if weight is not None else ce  # any pointer when unused
     with backend.launch_device(logits):
-        cross_entropy_forward_kernel[(n_rows,)](
-            logits, logits.stride(0), logits.stride(1),
-            target, weight if weight is not None else ce, weight_sum,
-            ce, lse,
-            n_classes, options.ignore_index, *_float_options(options),
-            **_kernel_flags(logits, weight, options),
-        )
+        forward_call(logits, target, weight, ce, lse, options).launch()
     return ce, lse
 
 
 def _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options: RowOptions):
-    from ..kernels.cross_entropy import cross_entropy_backward_kernel
-
-    n_rows, n_classes = logits.shape
-    if n_rows == 0:
+    if logits.shape[0] == 0:
         return
-    weight_sum = weight.sum() if weight is not None else lse
     with backend.launch_device(logits):
-        cross_entropy_backward_kernel[(n_rows,)](
-            logits, logits.stride(0), logits.stride(1),
-            grad, grad.stride(0), grad.stride(1),
-            target, weight if weight is not None else lse, weight_sum,
-            lse, grad_ce, grad_lse if grad_lse is not None else lse,
-            n_classes, options.ignore_index, *_float_options(options),
-            HAS_GRAD_LSE=grad_lse is not None,
-            **_kernel_flags(logits, weight, options),
-        )
+        backward_call(grad, logits, target, weight, lse, grad_ce, grad_lse, options).launch()
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -250,45 +254,3 @@ def _backward(ctx, grad_ce, grad_lse):
 
 
 cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------- AOT compile specs
-def aot_specs():
-    """The kernels as a real launch specialises them, for :mod:`fastgd.aot`."""
-    from ..aot import KernelSpec
-    from ..kernels.cross_entropy import cross_entropy_backward_kernel, cross_entropy_forward_kernel
-
-    specs = []
-    for dtype, ty in TRITON_TYPE_NAMES.items():
-        block, num_warps = cross_entropy_launch(128256, dtype)
-        compute = TRITON_TYPE_NAMES[compute_dtype(dtype)]
-        tl_compute = triton_compute_dtype(dtype)
-        for weighted, smooth, capped in [(False, False, False), (True, True, True)]:
-            flags = dict(HAS_WEIGHT=weighted, HAS_SMOOTHING=smooth, HAS_SOFTCAP=capped,
-                         COMPUTE=tl_compute, BLOCK_V=block)
-            scalars = {"n_classes": "i32", "ignore_index": "i32"}
-            for option in ("label_smoothing", "logit_scale", "softcap"):
-                scalars.update({f"{option}_hi": "fp32", f"{option}_lo": "fp32"})
-            const = {k: "constexpr" for k in flags}
-            tag = f"{ty}{'+w+ls+cap' if weighted else ''}"
-            fwd_sig = {"logits_ptr": f"*{ty}", "stride_row": "i32", "stride_col": "constexpr",
-                       "target_ptr": "*i64", "weight_ptr": f"*{compute}",
-                       "weight_sum_ptr": f"*{compute}", "ce_ptr": f"*{compute}",
-                       "lse_ptr": f"*{compute}", **scalars, **const}
-            specs.append(KernelSpec(
-                f"ce_forward/{tag}", cross_entropy_forward_kernel, fwd_sig,
-                {"stride_col": 1, **flags}, aligned=("logits_ptr", "stride_row", "n_classes"),
-                num_warps=num_warps, streams_stores=False))
-            bwd_sig = {"logits_ptr": f"*{ty}", "stride_row": "i32", "stride_col": "constexpr",
-                       "grad_ptr": f"*{ty}", "grad_stride_row": "i32",
-                       "grad_stride_col": "constexpr", "target_ptr": "*i64",
-                       "weight_ptr": f"*{compute}", "weight_sum_ptr": f"*{compute}",
-                       "lse_ptr": f"*{compute}", "grad_ce_ptr": f"*{compute}",
-                       "grad_lse_ptr": f"*{compute}", **scalars, "HAS_GRAD_LSE": "constexpr",
-                       **const}
-            specs.append(KernelSpec(
-                f"ce_backward/{tag}", cross_entropy_backward_kernel, bwd_sig,
-                {"stride_col": 1, "grad_stride_col": 1, "HAS_GRAD_LSE": weighted, **flags},
-                aligned=("logits_ptr", "stride_row", "grad_ptr", "grad_stride_row", "n_classes"),
-                num_warps=num_warps))
-    return specs

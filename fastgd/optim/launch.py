@@ -23,8 +23,8 @@ from torch import Tensor
 
 from .. import backend, guard
 from ..kernels import adam_table as table
-from ..dtypes import (KERNEL_FLOAT_DTYPES, TRITON_TYPE_NAMES, triton_compute_dtype,
-                     triton_dtype)
+from ..dtypes import KERNEL_FLOAT_DTYPES, triton_compute_dtype, triton_dtype
+from ..kernel_call import KernelCall
 from ..launch_config import ADAM_NORM_REDUCE_BLOCK, adam_launch
 
 KERNEL_DTYPES = KERNEL_FLOAT_DTYPES
@@ -268,6 +268,26 @@ def new_norm_scratch(like: Tensor, n_partials: int, old: Optional[NormScratch]) 
                        torch.zeros((), dtype=torch.float64, device=device))
 
 
+def grad_sumsq_call(bucket: Bucket, groups_table: Tensor, dtype: torch.dtype,
+                    grad_scale: Optional[Tensor], scratch: NormScratch, partial_offset: int,
+                    n_partials: int, norm: Tensor) -> KernelCall:
+    """The norm kernel's launch over one bucket (tensors of ``dtype``), writing its partial sums
+    from ``partial_offset`` on; the last program of the pass writes ``norm``."""
+    from ..kernels.adam import grad_sumsq_kernel
+
+    block, num_warps = adam_launch(dtype)
+    return KernelCall(grad_sumsq_kernel, (bucket.n_blocks,), dict(
+        tensor_table_ptr=bucket.tensor_table, group_table_ptr=groups_table,
+        block_table_ptr=bucket.block_table,
+        grad_scale_ptr=grad_scale if grad_scale is not None else scratch.sumsq,
+        partials_ptr=scratch.partials, partial_offset=partial_offset, n_partials=n_partials,
+        counter_ptr=scratch.counter, sumsq_ptr=scratch.sumsq, norm_ptr=norm,
+        DTYPE=triton_dtype(dtype), COMPUTE=triton_compute_dtype(dtype),
+        HAS_SCALE=grad_scale is not None, ALIGNED=bucket.aligned, BLOCK=block,
+        REDUCE_BLOCK=ADAM_NORM_REDUCE_BLOCK,
+    ), num_warps)
+
+
 def launch_grad_sumsq(
     launches: list[tuple[Bucket, Tensor]], groups_table: Tensor, scratch: NormScratch,
     grad_scale: Optional[Tensor], like: Tensor,
@@ -275,24 +295,36 @@ def launch_grad_sumsq(
     """Sum of squares of the (unscaled) gradients of clipping groups over ``launches`` (buckets of
     one device, each with a tensor of its dtype); returns the fp32 norm (also in scratch.sumsq
     as a float64 sum of squares)."""
-    from ..kernels.adam import grad_sumsq_kernel
-
     norm = torch.empty((), dtype=torch.float32, device=like.device)
     n_partials = sum(bucket.n_blocks for bucket, _ in launches)
     offset = 0
     with backend.launch_device(like):
         for bucket, sample in launches:
-            block, num_warps = adam_launch(sample.dtype)
-            grad_sumsq_kernel[(bucket.n_blocks,)](
-                bucket.tensor_table, groups_table, bucket.block_table,
-                grad_scale if grad_scale is not None else scratch.sumsq,
-                scratch.partials, offset, n_partials, scratch.counter, scratch.sumsq, norm,
-                DTYPE=triton_dtype(sample.dtype), COMPUTE=triton_compute_dtype(sample.dtype),
-                HAS_SCALE=grad_scale is not None, ALIGNED=bucket.aligned, BLOCK=block,
-                REDUCE_BLOCK=ADAM_NORM_REDUCE_BLOCK, num_warps=num_warps,
-            )
+            grad_sumsq_call(bucket, groups_table, sample.dtype, grad_scale, scratch, offset,
+                            n_partials, norm).launch()
             offset += bucket.n_blocks
     return norm
+
+
+def adam_call(bucket: Bucket, groups_table: Tensor, dtype: torch.dtype,
+              grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
+              grad_sumsq: Optional[Tensor]) -> KernelCall:
+    """The Adam kernel's launch over one bucket (tensors of ``dtype``); an argument the flags
+    switch off gets the tensor table (any valid pointer)."""
+    from ..kernels.adam import adam_kernel
+
+    block, num_warps = adam_launch(dtype)
+    unused = bucket.tensor_table
+    return KernelCall(adam_kernel, (bucket.n_blocks,), dict(
+        tensor_table_ptr=bucket.tensor_table, group_table_ptr=groups_table,
+        block_table_ptr=bucket.block_table, counter_ptr=bucket.counters,
+        grad_scale_ptr=grad_scale if grad_scale is not None else unused,
+        found_inf_ptr=found_inf if found_inf is not None else unused,
+        grad_sumsq_ptr=grad_sumsq if grad_sumsq is not None else unused,
+        DTYPE=triton_dtype(dtype), COMPUTE=triton_compute_dtype(dtype),
+        HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
+        HAS_CLIP=grad_sumsq is not None, ALIGNED=bucket.aligned, BLOCK=block,
+    ), num_warps)
 
 
 def launch_adam(
@@ -301,52 +333,5 @@ def launch_adam(
 ) -> None:
     """One Adam step of every tensor of ``bucket`` (tensors of ``sample``'s device and dtype).
     ``grad_sumsq``: the global sum of squares when some group of the bucket clips."""
-    from ..kernels.adam import adam_kernel
-
-    block, num_warps = adam_launch(sample.dtype)
-    unused = bucket.tensor_table  # any valid pointer for an argument the flags switch off
     with backend.launch_device(sample):
-        adam_kernel[(bucket.n_blocks,)](
-            bucket.tensor_table, groups_table, bucket.block_table, bucket.counters,
-            grad_scale if grad_scale is not None else unused,
-            found_inf if found_inf is not None else unused,
-            grad_sumsq if grad_sumsq is not None else unused,
-            DTYPE=triton_dtype(sample.dtype), COMPUTE=triton_compute_dtype(sample.dtype),
-            HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
-            HAS_CLIP=grad_sumsq is not None, ALIGNED=bucket.aligned, BLOCK=block,
-            num_warps=num_warps,
-        )
-
-
-# --------------------------------------------------------------------------- AOT compile specs
-def aot_specs():
-    """The kernels as a real launch of aligned tensors specialises them, for :mod:`fastgd.aot`."""
-    from ..aot import KernelSpec
-    from ..kernels.adam import adam_kernel, grad_sumsq_kernel
-
-    tables = {"tensor_table_ptr": "*i64", "group_table_ptr": "*i64", "block_table_ptr": "*i32"}
-    specs = []
-    for dtype, ty in TRITON_TYPE_NAMES.items():
-        block, num_warps = adam_launch(dtype)
-        base = {"DTYPE": triton_dtype(dtype), "COMPUTE": triton_compute_dtype(dtype),
-                "HAS_SCALE": True, "ALIGNED": True, "BLOCK": block}
-        adam_sig = {**tables, "counter_ptr": "*i32", "grad_scale_ptr": "*fp32",
-                    "found_inf_ptr": "*fp32", "grad_sumsq_ptr": "*fp64",
-                    **{k: "constexpr" for k in ("DTYPE", "COMPUTE", "HAS_SCALE", "HAS_FOUND_INF",
-                                                "HAS_CLIP", "ALIGNED", "BLOCK")}}
-        for scaled in (False, True):
-            flags = {**base, "HAS_SCALE": scaled, "HAS_FOUND_INF": scaled, "HAS_CLIP": scaled}
-            specs.append(KernelSpec(
-                f"adam/{ty}{'+scale+clip' if scaled else ''}", adam_kernel, adam_sig, flags,
-                aligned=tuple(adam_sig)[:4], num_warps=num_warps))
-        norm_sig = {**tables, "grad_scale_ptr": "*fp32", "partials_ptr": "*fp64",
-                    "partial_offset": "i32", "n_partials": "i32", "counter_ptr": "*i32",
-                    "sumsq_ptr": "*fp64", "norm_ptr": "*fp32",
-                    **{k: "constexpr" for k in ("DTYPE", "COMPUTE", "HAS_SCALE", "ALIGNED",
-                                                "BLOCK", "REDUCE_BLOCK")}}
-        specs.append(KernelSpec(
-            f"adam_grad_sumsq/{ty}", grad_sumsq_kernel, norm_sig,
-            {**base, "REDUCE_BLOCK": ADAM_NORM_REDUCE_BLOCK},
-            aligned=("tensor_table_ptr", "group_table_ptr", "block_table_ptr", "partials_ptr"),
-            num_warps=num_warps, streams_stores=False))
-    return specs
+        adam_call(bucket, groups_table, sample.dtype, grad_scale, found_inf, grad_sumsq).launch()
