@@ -82,12 +82,9 @@ def cross_entropy(
         logits, flat_target, weight, int(ignore_index), float(label_smoothing),
         float(logit_scale), float(softcap) if softcap is not None else 0.0, bool(inplace_backward),
     )
-    loss = assemble_loss(ce, lse, flat_target, weight, ignore_index, reduction, z_loss, num_items)
-    if reduction == "none":
-        loss = loss.reshape(out_shape)
-    if return_lse:
-        return loss, lse.reshape(out_shape)
-    return loss
+    return assemble_loss(ce, lse, flat_target, weight=weight, ignore_index=ignore_index,
+                         reduction=reduction, z_loss=z_loss, num_items=num_items,
+                         out_shape=out_shape, return_lse=return_lse)
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -133,9 +130,20 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
                 f"softcap={self.softcap}, logit_scale={self.logit_scale}")
 
 
-def assemble_loss(ce, lse, target, weight, ignore_index, reduction, z_loss, num_items) -> Tensor:
-    """The loss from per-row ``ce`` and ``lse`` (see the module docstring for the formulas);
-    shared by every loss of fastgd built on the per-row ops. Plain torch ops on N-vectors."""
+def assemble_loss(ce: Tensor, lse: Tensor, target: Tensor, *, weight: Optional[Tensor],
+                  ignore_index: int, reduction: str, z_loss: float, num_items, out_shape,
+                  return_lse: bool):
+    """What a loss built on the per-row ops returns, from per-row ``ce`` and ``lse`` over the
+    flattened ``target``: the reduced loss (shaped ``out_shape`` for ``reduction="none"``), and
+    with ``return_lse`` the ``lse`` shaped ``out_shape`` too. Shared by every loss of fastgd; the
+    formulas are in the module docstring. Plain torch ops on N-vectors."""
+    loss = _reduce(ce, lse, target, weight, ignore_index, reduction, z_loss, num_items)
+    if reduction == "none":
+        loss = loss.reshape(out_shape)
+    return (loss, lse.reshape(out_shape)) if return_lse else loss
+
+
+def _reduce(ce, lse, target, weight, ignore_index, reduction, z_loss, num_items) -> Tensor:
     counted = target != ignore_index
     z_term = z_loss * torch.where(counted, lse * lse, 0.0) if z_loss else None
     if reduction == "none":

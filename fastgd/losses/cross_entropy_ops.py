@@ -8,7 +8,7 @@ Triton kernels or the PyTorch path, as :mod:`fastgd.backend` decides.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, get_type_hints
 
 import numpy as np
 import torch
@@ -159,17 +159,19 @@ def rows_backward_into(grad: Tensor, logits: Tensor, target: Tensor, weight: Opt
 
 
 # --------------------------------------------------------------------------- library ops
-@torch.library.custom_op("fastgd::cross_entropy_rows", mutates_args=())
-def cross_entropy_rows(
-    logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    ignore_index: int,
-    label_smoothing: float,
-    logit_scale: float,
-    softcap: float,
-    inplace_backward: bool,
-) -> tuple[Tensor, Tensor]:
+# The ops' schemas are written as strings so that the row options are declared once, by
+# RowOptions (whose annotations are schema types), for the ops of both losses.
+ROW_OPTIONS_SCHEMA = ", ".join(f"{kind.__name__} {name}"
+                               for name, kind in get_type_hints(RowOptions).items())
+_BACKWARD_OPERANDS = "Tensor target, Tensor? weight, Tensor lse, Tensor grad_ce, Tensor? grad_lse"
+
+
+@torch.library.custom_op(
+    "fastgd::cross_entropy_rows", mutates_args=(),
+    schema=f"(Tensor logits, Tensor target, Tensor? weight, {ROW_OPTIONS_SCHEMA}, "
+           f"bool inplace_backward) -> (Tensor, Tensor)")
+def cross_entropy_rows(logits, target, weight, ignore_index, label_smoothing, logit_scale,
+                       softcap, inplace_backward):
     """Per-row ``(ce, lse)``; ``softcap <= 0`` means no soft cap. ``inplace_backward`` only
     tells the backward where to write."""
     if backend.can_check_on_host(target):  # inside the op: eager, and opaque to torch.compile
@@ -179,53 +181,34 @@ def cross_entropy_rows(
 
 
 @cross_entropy_rows.register_fake
-def _(logits, target, weight, ignore_index, label_smoothing, logit_scale, softcap,
-      inplace_backward):
+def _(logits, target, weight, *options_and_inplace):
     ce = logits.new_empty(logits.shape[0], dtype=compute_dtype(logits.dtype))
     return ce, torch.empty_like(ce)
 
 
-@torch.library.custom_op("fastgd::cross_entropy_rows_backward", mutates_args=())
-def cross_entropy_rows_backward(
-    logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    lse: Tensor,
-    grad_ce: Tensor,
-    grad_lse: Optional[Tensor],
-    ignore_index: int,
-    label_smoothing: float,
-    logit_scale: float,
-    softcap: float,
-) -> Tensor:
+@torch.library.custom_op(
+    "fastgd::cross_entropy_rows_backward", mutates_args=(),
+    schema=f"(Tensor logits, {_BACKWARD_OPERANDS}, {ROW_OPTIONS_SCHEMA}) -> Tensor")
+def cross_entropy_rows_backward(logits, target, weight, lse, grad_ce, grad_lse, *options):
+    """``d loss / d logits`` as a new tensor; ``options`` are the fields of :class:`RowOptions`
+    in its order (the schema's)."""
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    rows_backward_into(grad, logits, target, weight, lse, grad_ce, grad_lse,
-                       RowOptions(ignore_index, label_smoothing, logit_scale, softcap))
+    rows_backward_into(grad, logits, target, weight, lse, grad_ce, grad_lse, RowOptions(*options))
     return grad
 
 
 @cross_entropy_rows_backward.register_fake
-def _(logits, target, weight, lse, grad_ce, grad_lse, ignore_index, label_smoothing, logit_scale,
-      softcap):
+def _(logits, *operands_and_options):
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
 
-@torch.library.custom_op("fastgd::cross_entropy_rows_backward_", mutates_args=("logits",))
-def cross_entropy_rows_backward_(
-    logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    lse: Tensor,
-    grad_ce: Tensor,
-    grad_lse: Optional[Tensor],
-    ignore_index: int,
-    label_smoothing: float,
-    logit_scale: float,
-    softcap: float,
-) -> None:
+@torch.library.custom_op(
+    "fastgd::cross_entropy_rows_backward_", mutates_args=("logits",),
+    schema=f"(Tensor(a!) logits, {_BACKWARD_OPERANDS}, {ROW_OPTIONS_SCHEMA}) -> ()")
+def cross_entropy_rows_backward_(logits, target, weight, lse, grad_ce, grad_lse, *options):
     """As ``cross_entropy_rows_backward``, writing the gradient over ``logits``."""
     rows_backward_into(logits, logits, target, weight, lse, grad_ce, grad_lse,
-                       RowOptions(ignore_index, label_smoothing, logit_scale, softcap))
+                       RowOptions(*options))
 
 
 def _setup_context(ctx, inputs, output):

@@ -73,13 +73,9 @@ def linear_cross_entropy(
         rows, weight, bias, flat_target, class_weight, int(ignore_index), float(label_smoothing),
         float(logit_scale), float(softcap) if softcap is not None else 0.0, int(chunk_size or 0),
     )
-    loss = assemble_loss(ce, lse, flat_target, class_weight, ignore_index, reduction, z_loss,
-                          num_items)
-    if reduction == "none":
-        loss = loss.reshape(out_shape)
-    if return_lse:
-        return loss, lse.reshape(out_shape)
-    return loss
+    return assemble_loss(ce, lse, flat_target, weight=class_weight, ignore_index=ignore_index,
+                         reduction=reduction, z_loss=z_loss, num_items=num_items,
+                         out_shape=out_shape, return_lse=return_lse)
 
 
 class LinearCrossEntropyLoss(nn.Module):
