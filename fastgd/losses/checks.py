@@ -13,6 +13,7 @@ from torch import Tensor
 from .. import backend
 from ..dtypes import compute_dtype
 from ..errors import InvalidTypeError, InvalidValueError
+from .cross_entropy_ops import RowOptions
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -28,6 +29,17 @@ def check_class_weight(weight, n_classes, logits) -> Optional[Tensor]:
     if weight.device != logits.device:
         raise InvalidValueError(f"weight is on {weight.device} but input is on {logits.device}")
     return weight.to(compute_dtype(logits.dtype)).contiguous()
+
+
+def checked_options(*, ignore_index, label_smoothing, logit_scale, softcap, reduction, z_loss,
+                    num_items) -> RowOptions:
+    """Check every option a loss call takes; return the row ops' share of them normalised
+    (``softcap=None`` becomes 0.0, the ops' "no soft cap")."""
+    label_smoothing = as_float_option(label_smoothing, "label_smoothing")
+    check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
+    return RowOptions(ignore_index=int(ignore_index), label_smoothing=float(label_smoothing),
+                      logit_scale=float(logit_scale),
+                      softcap=float(softcap) if softcap is not None else 0.0)
 
 
 def check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items) -> None:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .. import guard
 from .cross_entropy_ops import cross_entropy_rows
 from ..errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
-from .checks import as_float_option, check_class_weight, check_options
+from .checks import as_float_option, check_class_weight, check_options, checked_options
 
 # The kernels' tile loop counts classes in int32: leave room for the last tile's start.
 MAX_CLASSES = 2**31 - 2**16
@@ -67,8 +67,9 @@ def cross_entropy(
     A target outside ``[0, C)`` other than ``ignore_index`` raises on CPU; on CUDA that row's loss
     and gradient are NaN (checking would need a host sync). Nothing is read out of bounds.
     """
-    label_smoothing = as_float_option(label_smoothing, "label_smoothing")
-    check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
+    options = checked_options(ignore_index=ignore_index, label_smoothing=label_smoothing,
+                              logit_scale=logit_scale, softcap=softcap, reduction=reduction,
+                              z_loss=z_loss, num_items=num_items)
     logits, flat_target, out_shape = _as_rows(input, target)
     n_classes = logits.shape[1]
     weight = check_class_weight(weight, n_classes, logits)
@@ -78,10 +79,8 @@ def cross_entropy(
             f"share memory (strides {tuple(input.stride())}: an expanded or broadcast tensor); "
             f"pass input.contiguous(), or inplace_backward=False")
 
-    ce, lse = cross_entropy_rows(
-        logits, flat_target, weight, int(ignore_index), float(label_smoothing),
-        float(logit_scale), float(softcap) if softcap is not None else 0.0, bool(inplace_backward),
-    )
+    # the op's schema lists the options in RowOptions' order (cross_entropy_ops)
+    ce, lse = cross_entropy_rows(logits, flat_target, weight, *options, bool(inplace_backward))
     return assemble_loss(ce, lse, flat_target, weight=weight, ignore_index=ignore_index,
                          reduction=reduction, z_loss=z_loss, num_items=num_items,
                          out_shape=out_shape, return_lse=return_lse)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .cross_entropy import assemble_loss
 from ..errors import InvalidTypeError, InvalidValueError
-from .checks import as_float_option, check_class_weight, check_options
+from .checks import as_float_option, check_class_weight, check_options, checked_options
 from .linear_cross_entropy_ops import linear_cross_entropy_rows
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -60,8 +60,9 @@ def linear_cross_entropy(
     chunk; by default the largest power of two whose working set fits a fixed 1 GiB budget
     (decided from shapes alone: no host sync).
     """
-    label_smoothing = as_float_option(label_smoothing, "label_smoothing")
-    check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, num_items)
+    options = checked_options(ignore_index=ignore_index, label_smoothing=label_smoothing,
+                              logit_scale=logit_scale, softcap=softcap, reduction=reduction,
+                              z_loss=z_loss, num_items=num_items)
     rows, flat_target, out_shape = _as_rows(hidden, weight, target, bias)
     class_weight = check_class_weight(class_weight, weight.shape[0], rows)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
@@ -69,10 +70,9 @@ def linear_cross_entropy(
         raise InvalidValueError(f"chunk_size={chunk_size!r}: must be an int >= 1, or None for the "
                                 f"default from the memory budget")
 
-    ce, lse = linear_cross_entropy_rows(
-        rows, weight, bias, flat_target, class_weight, int(ignore_index), float(label_smoothing),
-        float(logit_scale), float(softcap) if softcap is not None else 0.0, int(chunk_size or 0),
-    )
+    # the op's schema lists the options in RowOptions' order (cross_entropy_ops)
+    ce, lse = linear_cross_entropy_rows(rows, weight, bias, flat_target, class_weight, *options,
+                                        int(chunk_size or 0))
     return assemble_loss(ce, lse, flat_target, weight=class_weight, ignore_index=ignore_index,
                          reduction=reduction, z_loss=z_loss, num_items=num_items,
                          out_shape=out_shape, return_lse=return_lse)
