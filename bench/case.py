@@ -11,8 +11,8 @@ from . import timing
 
 
 class Unavailable(Exception):
-    """Raised by a case's ``build`` when its provider cannot run here (not installed, API not
-    there yet); the runner records the reason instead of a figure."""
+    """Raised by a case's ``build`` when its provider cannot run here (an optional peer such as
+    Liger-Kernel is not installed); the runner records the reason instead of a figure."""
 
 
 @dataclasses.dataclass

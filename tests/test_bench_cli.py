@@ -11,7 +11,6 @@ from bench.__main__ import main
 from bench.case import Case, Skipped, Unavailable
 from bench.machine import current
 from bench.results import ResultSet
-from bench.suites import optimizer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -82,15 +81,6 @@ def test_runner_stops_starting_cases_when_the_budget_is_spent():
                out=None, rep_ms=0.1, budget_s=-1.0, log=lambda s: None)
     assert not calls and not results.rows
     assert all("time budget" in s["reason"] for s in results.skipped)
-
-
-def test_optimizer_suite_explains_itself_without_fastgd_adamw(monkeypatch):
-    import fastgd
-
-    monkeypatch.delattr(fastgd, "AdamW")
-    items = optimizer.cases("cpu", "tiny")
-    assert len(items) == 1 and isinstance(items[0], Skipped)
-    assert "fastgd.AdamW does not exist yet" in items[0].reason
 
 
 def test_unknown_suite_is_refused():

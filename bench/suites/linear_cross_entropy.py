@@ -34,11 +34,6 @@ SHAPES = {
 
 
 def cases(device: str, size: str) -> list:
-    import fastgd
-
-    if not hasattr(fastgd, "linear_cross_entropy"):
-        return [Skipped(f"{KERNEL}: all providers", "fastgd.linear_cross_entropy does not exist "
-                        "yet in this checkout (the linear cross-entropy issue has not landed)")]
     out: list = []
     providers = list(PROVIDERS)
     if device != "cuda":

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .. import traffic
-from ..case import Case, Skipped, Unavailable
+from ..case import Case
 
 KERNEL = "adamw"
 BASELINE = "torch foreach"
@@ -65,12 +65,7 @@ PARAMETER_SETS = {
 
 
 def cases(device: str, size: str) -> list:
-    import fastgd
-
     out: list = []
-    if not hasattr(fastgd, "AdamW"):
-        return [Skipped(f"{KERNEL}: all providers", "fastgd.AdamW does not exist yet in this "
-                        "checkout (the Adam/AdamW issue has not landed)")]
     preset = size if size == "tiny" or device == "cuda" else f"cpu_{size}"
     for set_name, shapes, dtypes in PARAMETER_SETS[preset]:
         for dtype in dtypes:
@@ -105,8 +100,6 @@ def step_function(provider: str, params: list, clip: bool) -> Callable[[], objec
     if provider == "fastgd":
         import fastgd
 
-        if not hasattr(fastgd, "AdamW"):
-            raise Unavailable("fastgd.AdamW does not exist yet")
         opt = fastgd.AdamW(params, **hyper, max_grad_norm=MAX_GRAD_NORM if clip else None)
         return opt.step
     if provider in ("torch foreach", "torch fused"):
