@@ -28,9 +28,7 @@ def cross_entropy_bytes(n_rows: int, n_classes: int, itemsize: int, mode: str) -
     per_row = n_rows * (TARGET_BYTES + ROW_RESULT_BYTES)
     if mode == "fwd":
         return logits + per_row
-    if mode == "bwd":
-        return 2 * logits + per_row
-    if mode == "fwd+bwd":
+    if mode in ("bwd", "fwd+bwd"):  # the same floor: logits in, gradient out
         return 2 * logits + per_row
     raise ValueError(f"cross_entropy_bytes(mode={mode!r}): expected one of {CE_MODES}")
 
