@@ -37,6 +37,7 @@ Why recompute in the backward rather than compute the gradients in the forward
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -87,28 +88,35 @@ def _logits_into(out: Tensor, h_chunk: Tensor, weight: Tensor, bias: Optional[Te
 
 
 # --------------------------------------------------------------------------- fp32 accumulate
-# torch >= 2.8 has a CUDA GEMM that reads 16-bit operands and accumulates into an fp32 output
-# (aten::addmm.dtype_out). Where it is missing or refuses, fall back to upcasting the chunk.
-_mixed_gemm_ok = [True]
+@functools.lru_cache(maxsize=None)
+def mixed_gemm_supported(device_type: str) -> bool:
+    """Whether torch has, for ``device_type``, the GEMM that reads 16-bit operands and
+    accumulates into an fp32 output (``aten::addmm.dtype_out``, torch >= 2.8; CUDA only so far).
+
+    Decided once per device type from the dispatcher's registrations -- never by catching a
+    failed call -- so the forward and the backward size their chunks from the same answer."""
+    dispatch_key = {"cuda": "CUDA", "cpu": "CPU"}.get(device_type)
+    has_kernel = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
+    if (dispatch_key is None or has_kernel is None
+            or "dtype_out" not in torch.ops.aten.addmm.overloads()):
+        return False
+    return bool(has_kernel("aten::addmm.dtype_out", dispatch_key))
 
 
 def _mixed_gemm_available(like: Tensor) -> bool:
-    return backend.backend_for(like) == "triton" and _mixed_gemm_ok[0]
+    return backend.backend_for(like) == "triton" and mixed_gemm_supported(like.device.type)
 
 
 def _accumulate_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """``acc += a @ b`` with ``acc`` in the compute dtype, ``a`` and ``b`` in the logits' dtype;
-    never a second accumulator-sized temporary."""
+    never a second accumulator-sized temporary where the mixed GEMM exists (else the chunk is
+    upcast first: a chunk-sized temporary, counted by :func:`_bytes_per_logit`)."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-        return
-    if _mixed_gemm_available(acc):
-        try:
-            torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-            return
-        except (RuntimeError, TypeError):  # older torch or an unsupported layout
-            _mixed_gemm_ok[0] = False
-    acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+    elif _mixed_gemm_available(acc):
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
 # --------------------------------------------------------------------------- passes
