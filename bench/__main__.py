@@ -20,8 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from . import folder, runner
 from . import machine as machine_info
+from .case import Case
 from .results import ResultSet
+from .suites import SUITES
 
 BENCH_SUITES = ("cross_entropy", "optimizer", "linear_cross_entropy")
 ALL_SUITES = BENCH_SUITES + ("static",)
@@ -78,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         say("No GPU: the Triton kernels cannot run here, so this run times fastgd's PyTorch path "
             "beside torch on the CPU at small sizes (no GPU figures), and writes the static report "
             "of the compiled kernels.")
-        import torch
-
         results.notes.append(
             f"No GPU in this run: CPU figures only ({os.cpu_count()} cores, torch using "
             f"{torch.get_num_threads()} threads; CPU times move with whatever else the machine "
@@ -93,18 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     benches = [s for s in suites if s in BENCH_SUITES]
     if benches:
         status |= _run_benchmarks(benches, size, m.device, results, out, args, budget, say)
-        written = results.write(out, plots=not args.no_plots)
+        written = folder.write(results, out, plots=not args.no_plots)
         say("")
-        say((out / "results.md").read_text())
+        say((out / folder.MARKDOWN).read_text())
         say("wrote: " + ", ".join(p.name for p in written))
     return status
 
 
 def _run_benchmarks(benches, size, device, results, out, args, budget, say) -> int:
-    from . import runner
-    from .case import Case
-    from .suites import SUITES
-
     items = []
     for name in benches:
         items += SUITES[name].cases(device, size)

@@ -14,6 +14,7 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
+from .folder import JSON, MARKDOWN
 from .machine import REPO
 from .suites import BASELINES
 from .table import format_number
@@ -24,7 +25,7 @@ NO_GPU_FIGURES = ("No GPU figures yet: no benchmark run on a GPU has been commit
 
 def gpu_folders(root: Path) -> list[Path]:
     folders = []
-    for path in sorted(root.glob("*/results.json")):
+    for path in sorted(root.glob(f"*/{JSON}")):
         if json.loads(path.read_text())["machine"]["device"] == "cuda":
             folders.append(path.parent)
     return folders
@@ -37,13 +38,13 @@ def render(folders: list[Path]) -> str:
 
 
 def _folder(folder: Path) -> str:
-    data = json.loads((folder / "results.json").read_text())
+    data = json.loads((folder / JSON).read_text())
     m = data["machine"]
     copy = data["ceilings"].get("copy_gbps")
     lines = [f"### {m['gpu']}, commit {m['commit']}, {m['date'][:10]}", "",
              f"`{data['command']}` (torch {m['torch']}, triton {m['triton']}; device copy "
              f"{format_number(copy) if copy else '?'} GB/s measured in the same run; full table: "
-             f"`{_relative(folder)}/results.md`)", "",
+             f"`{_relative(folder)}/{MARKDOWN}`)", "",
              "| kernel | mode | dtype | shape | fastgd ms | baseline | baseline ms | speed-up "
              "| fastgd % of copy |", "|---|---|---|---|---|---|---|---|---|"]
     medians: OrderedDict = OrderedDict()  # (kernel, mode, dtype, shape) -> {provider: {metric: p50}}

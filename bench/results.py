@@ -1,11 +1,11 @@
 """Long-form results: one :class:`Row` per kernel x provider x mode x dtype x shape x metric, with
-the 20th/50th/80th percentiles and the machine, written as CSV and JSON (the data), markdown (the
-table a user reads, :mod:`bench.table`) and PNG plots (:mod:`bench.plots`)."""
+the 20th/50th/80th percentiles and the machine, and their CSV and JSON forms. The markdown table
+(:mod:`bench.table`) and the plots (:mod:`bench.plots`) are drawn from these rows;
+:mod:`bench.folder` writes all of them into one results folder."""
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -129,21 +129,6 @@ class ResultSet:
             "skipped": self.skipped,
             "rows": [dataclasses.asdict(r) for r in self.rows],
         }
-
-    def write(self, out: Path, plots: bool = True) -> list[Path]:
-        """Write CSV, JSON, markdown (and plots) into ``out``; returns the files written."""
-        from . import table
-
-        out.mkdir(parents=True, exist_ok=True)
-        written = [out / "results.csv", out / "results.json", out / "results.md"]
-        write_csv(self.rows, written[0])
-        written[1].write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        written[2].write_text(table.render(self))
-        if plots:
-            from . import plots as plotting
-
-            written += plotting.write(self.rows, out, self.notes)
-        return written
 
 
 def write_csv(rows: list[Row], path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import timing, traffic
+from . import folder, timing, traffic
 from .case import Case, Skipped, Unavailable, prepare
 from .results import Ceilings, Measurement, ResultSet, case_rows, ceiling_row
 from .table import format_number
@@ -76,7 +76,7 @@ def run(items: list, results: ResultSet, out: Optional[Path], rep_ms: float,
         finally:
             _free()
         if out is not None:
-            results.write(out, plots=False)
+            folder.write(results, out, plots=False)
     return results
 
 

@@ -2,12 +2,13 @@
 rates, the long-form CSV/JSON, the markdown table and the plots. Fabricated timings with known
 answers; nothing here times a kernel."""
 import json
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from bench import timing
+from bench import folder, timing
 from bench.case import Case
 from bench.machine import Machine
 from bench.results import Ceilings, Measurement, ResultSet, case_rows, read_csv, write_csv
@@ -92,7 +93,7 @@ def _two_providers(machine) -> ResultSet:
 
 
 def test_written_folder_has_json_csv_and_a_readable_table(tmp_path):
-    _two_providers(GPU).write(tmp_path, plots=False)
+    folder.write(_two_providers(GPU), tmp_path, plots=False)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["machine"]["gpu"] == "NVIDIA H200" and data["ceilings"]["copy_gbps"] == 1000.0
     assert {(r["provider"], r["metric"]) for r in data["rows"]} == {
@@ -108,25 +109,34 @@ def test_written_folder_has_json_csv_and_a_readable_table(tmp_path):
 
 
 def test_cpu_table_says_there_is_no_gpu(tmp_path):
-    _two_providers(CPU).write(tmp_path, plots=False)
+    folder.write(_two_providers(CPU), tmp_path, plots=False)
     assert "**No GPU in this run.**" in (tmp_path / "results.md").read_text()
 
 
 def test_plots_are_png_files(tmp_path):
     results = _two_providers(GPU)
-    written = results.write(tmp_path, plots=True)
+    written = folder.write(results, tmp_path, plots=True)
     pngs = [p for p in written if p.suffix == ".png"]
     assert [p.name for p in pngs] == ["plot_cross-entropy_fwd_bf16.png"]
     assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_the_table_says_why_there_are_no_plots(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    written = folder.write(_two_providers(GPU), tmp_path, plots=True)
+    assert not [p for p in written if p.suffix == ".png"]
+    note = "No plots: matplotlib is not installed"
+    assert note in (tmp_path / "results.md").read_text()
+    assert any(note in n for n in json.loads((tmp_path / "results.json").read_text())["notes"])
 
 
 def test_readme_section_comes_from_gpu_results_only(tmp_path):
     from bench import readme
 
     assert "No GPU figures yet" in readme.render([])
-    _two_providers(CPU).write(tmp_path / "cpu_run", plots=False)
+    folder.write(_two_providers(CPU), tmp_path / "cpu_run", plots=False)
     assert readme.gpu_folders(tmp_path) == []
-    _two_providers(GPU).write(tmp_path / "gpu_run", plots=False)
+    folder.write(_two_providers(GPU), tmp_path / "gpu_run", plots=False)
     assert readme.gpu_folders(tmp_path) == [tmp_path / "gpu_run"]
     text = readme.render([tmp_path / "gpu_run"])
     assert "NVIDIA H200, commit abc1234" in text and "`python -m bench --quick`" in text
