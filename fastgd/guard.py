@@ -39,6 +39,11 @@ def require_tensor(
     hint = f"; {fix}" if fix else ""
     if not isinstance(t, Tensor):
         raise InvalidTypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}{hint}")
+    if type(t).__torch_dispatch__ is not Tensor.__torch_dispatch__:
+        # A DTensor and its like wrap other tensors: their own address is 0 or someone else's.
+        raise InvalidTypeError(
+            f"{what} is a {type(t).__name__}, a tensor subclass that does not own its memory; "
+            f"the kernels take plain tensors (for a DTensor, its local shard: .to_local()){hint}")
     if t.layout != torch.strided:
         raise InvalidTypeError(f"{what} has layout {t.layout}; the kernels need a dense (strided) "
                                f"tensor{hint}")

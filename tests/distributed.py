@@ -1,0 +1,52 @@
+"""Multi-process tests on one machine: ``run_ranks(fn, world_size, *args)`` starts ``world_size``
+processes with the gloo backend (CPU), each calling ``fn(rank, world_size, *args)`` inside an
+initialised process group, and fails the calling test -- never hangs it -- when a rank raises,
+dies or runs past ``timeout``.
+
+Each call takes a free port of its own. ``fn`` must be importable by name (a module-level
+function of a test module): the ranks are started with ``spawn``, which pickles it by reference.
+The ranks inherit the environment, TRITON_INTERPRET included, so they run the interpreted
+kernels as the test session does.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # the ranks share the machine's cores
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> None:
+    context = mp.start_processes(_rank_main, args=(fn, world_size, free_port(), args),
+                                 nprocs=world_size, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        # join raises ProcessRaisedException / ProcessExitedException when a rank fails
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{fn.__name__} on {world_size} ranks ran past {timeout:.0f} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
