@@ -45,11 +45,43 @@ def test_rotation_covers_twice_the_l2_for_small_inputs_only():
     assert timing.rotation_sets(1 << 10, 0) == 1  # CPU: no L2 figure, no rotation
 
 
-def test_cpu_timer_measures_what_it_times():
+class FakeClock:
+    """A clock that moves only when the timed call runs: call i takes ``durations_ms[i]``."""
+
+    def __init__(self, durations_ms):
+        self.now_s, self.durations_ms, self.calls = 0.0, list(durations_ms), 0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def call(self) -> None:
+        self.now_s += self.durations_ms[self.calls] / 1e3
+        self.calls += 1
+
+
+def test_cpu_timer_leaves_out_the_warm_up_and_reports_milliseconds(monkeypatch):
+    # two warm-up calls (100 ms each: they must not count), then 1..10 ms; rep_ms=0: exactly
+    # MIN_SAMPLES calls. Deciles of 1..10 (inclusive method): p20 = 2.8, p80 = 8.2.
+    clock = FakeClock([100.0, 100.0] + [float(ms) for ms in range(1, 11)])
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    t = timing.time_calls(clock.call, "cpu", rep_ms=0.0)
+    assert clock.calls == 2 + timing.MIN_SAMPLES
+    assert t == pytest.approx((2.8, 5.5, 8.2))
+
+
+def test_cpu_timer_measures_a_real_sleep():
     t = timing.time_calls(lambda: time.sleep(0.002), "cpu", rep_ms=1.0)
     assert 2.0 <= t.p20 <= t.p50 <= t.p80 < 200.0
-    host = timing.host_time_per_call(lambda: sum(range(20000)), "cpu", calls=5)
-    assert 0 < host.p50 < 1000
+
+
+def test_host_time_is_the_calling_threads_cpu_time(monkeypatch):
+    clock = FakeClock([1.0, 2.0, 3.0, 4.0, 5.0])
+    monkeypatch.setattr(timing.time, "thread_time", clock)
+    assert timing.host_time_per_call(clock.call, "cpu", calls=5) == pytest.approx((1.8, 3.0, 4.2))
+    monkeypatch.undo()
+    # sleeping costs no CPU: a wall clock would report at least the 5 ms
+    host = timing.host_time_per_call(lambda: time.sleep(0.005), "cpu", calls=3)
+    assert host.p80 < 2.5
 
 
 def test_memory_bound_rows_derive_bandwidth_from_the_time():

@@ -1,11 +1,15 @@
 """fastgd.cross_entropy as an API: errors, the module, in-place backward, gradcheck, compile,
 out-of-range targets."""
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastgd
-from ce_cases import check_against_torch, make_inputs
+from ce_cases import loss_and_grad, make_inputs, upstream_like
+from fastgd.reference import reference_cross_entropy
+from tolerances import assert_accurate
 from fastgd.losses.cross_entropy_ops import (RowOptions, cross_entropy_rows, rows_backward_into,
                                       rows_forward)
 
@@ -91,20 +95,79 @@ def test_out_of_range_target_without_host_check_is_nan_not_out_of_bounds(path, d
 
 
 # --------------------------------------------------------------------------- the module
-def test_module_matches_functional_and_torch_module(device):
+def _ignoring(index):
+    """Options with ``ignore_index=index``, and targets whose ignored rows carry that index (a
+    class the default -100 would count)."""
+    return lambda t, w: (dict(ignore_index=index), t.masked_fill(t == -100, index))
+
+
+# Every option the module stores, away from its default: (target, class weights) -> (constructor
+# keywords, target). Each changes the float64 reference's gradient (checked below), so a module
+# that dropped one, or passed it on under another name, could not pass.
+MODULE_OPTIONS = {
+    "weight": lambda t, w: (dict(weight=w), t),
+    "ignore_index": _ignoring(7),
+    "reduction sum": lambda t, w: (dict(reduction="sum"), t),
+    "reduction none": lambda t, w: (dict(reduction="none"), t),
+    "label_smoothing": lambda t, w: (dict(label_smoothing=0.1), t),
+    "z_loss": lambda t, w: (dict(z_loss=1e-2), t),
+    "softcap": lambda t, w: (dict(softcap=2.0), t),
+    "logit_scale": lambda t, w: (dict(logit_scale=1.5), t),
+    "return_lse": lambda t, w: (dict(return_lse=True), t),
+}
+
+
+def _truth(x, t, **opts):
+    return reference_cross_entropy(x, t, upcast=True, **opts)
+
+
+@pytest.mark.parametrize("option", MODULE_OPTIONS)
+def test_module_options_reach_the_computation(option, device):
     logits, target, weight = make_inputs(6, 40, torch.float32, device)
-    ours = fastgd.CrossEntropyLoss(weight=weight.float(), label_smoothing=0.1, z_loss=1e-3)
-    assert "weight" in dict(ours.named_buffers())  # as nn.CrossEntropyLoss: moves with .to()
-    expected = fastgd.cross_entropy(logits, target, weight.float(), label_smoothing=0.1,
-                                    z_loss=1e-3)
-    torch.testing.assert_close(ours(logits, target), expected, rtol=0, atol=0)
-    plain = fastgd.CrossEntropyLoss(reduction="sum")
-    torch.testing.assert_close(plain(logits, target),
-                               torch.nn.CrossEntropyLoss(reduction="sum")(logits, target))
-    torch.testing.assert_close(plain(logits, target, num_items=5),
+    opts, target = MODULE_OPTIONS[option](target, weight.float())
+    module = fastgd.CrossEntropyLoss(**opts)
+    upstream = upstream_like(torch.empty(target.shape if opts.get("reduction") == "none" else (),
+                                         device=device))
+    ours = loss_and_grad(lambda x, t, **_: module(x, t), logits, target, upstream, **opts)
+    same = loss_and_grad(reference_cross_entropy, logits, target, upstream, **opts)
+    truth = loss_and_grad(_truth, logits, target, upstream, **opts)
+    for what, o, s, t in zip(("loss", "grad"), ours, same, truth):
+        assert_accurate(o, s, t, torch.float32, f"{option}: {what}")
+    _, default_grad = loss_and_grad(_truth, logits, target, upstream)
+    assert not torch.allclose(default_grad, truth[1]), f"{option} leaves the answer as it was"
+
+
+def test_module_num_items_is_per_call(device):
+    logits, target, _ = make_inputs(6, 40, torch.float32, device)
+    loss_fn = fastgd.CrossEntropyLoss(reduction="sum")
+    torch.testing.assert_close(loss_fn(logits, target, num_items=5),
                                F.cross_entropy(logits, target, reduction="sum") / 5)
+
+
+def test_module_inplace_backward_writes_the_gradient_over_the_logits(device):
+    logits, target, _ = make_inputs(5, 30, torch.float32, device)
+    leaf = logits.clone().requires_grad_()
+    torch.nn.CrossEntropyLoss()(leaf, target).backward()
+    x = logits.clone().requires_grad_() * 1.0  # a non-leaf, as logits coming out of an lm_head
+    fastgd.CrossEntropyLoss(inplace_backward=True)(x, target).backward()
+    torch.testing.assert_close(x.detach(), leaf.grad)
+
+
+def test_module_is_built_saved_and_moved_like_torchs(device):
+    logits, target, weight = make_inputs(6, 40, torch.float32, device)
+    weight, target = weight.float(), target.masked_fill(target == -100, 7)
+    # torch's positional order (weight, size_average, ignore_index, reduce, reduction, smoothing)
+    ours = fastgd.CrossEntropyLoss(weight, None, 7, None, "sum", 0.1, z_loss=1e-3)
+    theirs = torch.nn.CrossEntropyLoss(weight, None, 7, None, "sum", 0.1)
     assert isinstance(ours, torch.nn.CrossEntropyLoss)
-    assert "z_loss=0.001" in repr(ours)
+    for name in ("ignore_index", "reduction", "label_smoothing"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.state_dict().keys() == theirs.state_dict().keys() == {"weight"}
+    theirs.load_state_dict(ours.state_dict())
+    copy = pickle.loads(pickle.dumps(ours))
+    assert repr(copy) == repr(ours) and "z_loss=0.001" in repr(ours)
+    torch.testing.assert_close(copy(logits, target), ours(logits, target), rtol=0, atol=0)
+    assert ours.to(torch.float64).weight.dtype == torch.float64  # a buffer: moves with .to()
 
 
 def test_module_rejects_bad_options():

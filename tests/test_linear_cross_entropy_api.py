@@ -1,13 +1,19 @@
 """fastgd.linear_cross_entropy's API: bad input, the module form, the default chunk rule, the
 library op under opcheck and torch.compile."""
+import importlib
+import pickle
+
 import pytest
 import torch
 
 import fastgd
 from fastgd.launch_config import LCE_CHUNK_BUDGET_BYTES, linear_cross_entropy_chunk
 from fastgd.losses.linear_cross_entropy_ops import linear_cross_entropy_rows
-from linear_cross_entropy_cases import make_inputs
-from tolerances import assert_same
+from linear_cross_entropy_cases import loss_and_grads, make_inputs, materialised, upstream_for
+from tolerances import assert_accurate, assert_same
+
+# the module (not the function fastgd.losses re-exports under the same name)
+lce_module = importlib.import_module("fastgd.losses.linear_cross_entropy")
 
 
 @pytest.fixture
@@ -44,14 +50,79 @@ def test_target_out_of_range_raises_on_cpu():
         fastgd.linear_cross_entropy(hidden, weight, target, bias)
 
 
-def test_module_matches_function(inputs):
+# Every option the module stores, away from its default: (target, class weights) -> (constructor
+# keywords, target). Each changes the float64 reference's gradient (checked below), so a module
+# that dropped one, or passed it on under another name, could not pass. chunk_size changes no
+# number: its own test follows.
+MODULE_OPTIONS = {
+    "class_weight": lambda t, w: (dict(class_weight=w), t),
+    "ignore_index": lambda t, w: (dict(ignore_index=7), t.masked_fill(t == -100, 7)),
+    "reduction sum": lambda t, w: (dict(reduction="sum"), t),
+    "reduction none": lambda t, w: (dict(reduction="none"), t),
+    "label_smoothing": lambda t, w: (dict(label_smoothing=0.1), t),
+    "z_loss": lambda t, w: (dict(z_loss=1e-2), t),
+    "softcap": lambda t, w: (dict(softcap=2.0), t),
+    "logit_scale": lambda t, w: (dict(logit_scale=1.5), t),
+    "return_lse": lambda t, w: (dict(return_lse=True), t),
+}
+
+
+@pytest.mark.parametrize("option", MODULE_OPTIONS)
+def test_module_options_reach_the_computation(inputs, option):
     hidden, weight, bias, target, class_weight = inputs
-    loss_fn = fastgd.LinearCrossEntropyLoss(class_weight, label_smoothing=0.1, z_loss=1e-3,
-                                            reduction="sum", chunk_size=3)
-    expected = fastgd.linear_cross_entropy(hidden, weight, target, bias, class_weight=class_weight,
-                                           label_smoothing=0.1, z_loss=1e-3, reduction="sum")
-    assert_same(loss_fn(hidden, weight, target, bias), expected, torch.float32, "module loss")
-    assert "chunk_size=3" in repr(loss_fn)
+    opts, target = MODULE_OPTIONS[option](target, class_weight)
+    module = fastgd.LinearCrossEntropyLoss(**opts)
+    upstream = upstream_for(target, opts.get("reduction", "mean"))
+    ours = loss_and_grads(lambda h, w, t, b, **_: module(h, w, t, b), hidden, weight, target, bias,
+                          upstream, **opts)
+    same = loss_and_grads(materialised, hidden, weight, target, bias, upstream, **opts)
+    up = [x.double() for x in (hidden, weight, bias)]
+    truth_opts = {k: v.double() if torch.is_tensor(v) else v for k, v in opts.items()}
+    truth = loss_and_grads(materialised, up[0], up[1], target, up[2], upstream, **truth_opts)
+    assert_accurate(ours[0], same[0], truth[0], torch.float32, f"{option}: loss")
+    for name, o, s, t in zip(("d_hidden", "d_weight", "d_bias"), ours[1], same[1], truth[1]):
+        assert_accurate(o, s, t, torch.float32, f"{option}: {name}")
+    _, default_grads = loss_and_grads(materialised, up[0], up[1], target, up[2], upstream)
+    assert not torch.allclose(default_grads[0], truth[1][0]), f"{option} changes nothing"
+
+
+def test_module_num_items_is_per_call(inputs):
+    hidden, weight, bias, target, _ = inputs
+    loss = fastgd.LinearCrossEntropyLoss(reduction="sum")(hidden, weight, target, bias, num_items=4)
+    assert_same(loss, materialised(hidden, weight, target, bias, reduction="sum") / 4,
+                torch.float32, "loss / num_items")
+
+
+def test_module_chunk_size_reaches_the_op(inputs, monkeypatch):
+    hidden, weight, bias, target, _ = inputs
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])  # the op's last argument: rows per chunk, 0 for the default rule
+        return linear_cross_entropy_rows(*args)
+
+    monkeypatch.setattr(lce_module, "linear_cross_entropy_rows", spy)
+    fastgd.LinearCrossEntropyLoss(chunk_size=3)(hidden, weight, target, bias)
+    fastgd.LinearCrossEntropyLoss()(hidden, weight, target, bias)
+    assert seen == [3, 0]
+
+
+def test_module_is_saved_and_moved_with_its_options(inputs):
+    hidden, weight, bias, target, class_weight = inputs
+    target = target.masked_fill(target == -100, 7)
+    options = dict(ignore_index=7, reduction="sum", label_smoothing=0.1, z_loss=1e-3,
+                   softcap=5.0, logit_scale=1.5, chunk_size=3)
+    ours = fastgd.LinearCrossEntropyLoss(class_weight, **options)
+    assert ours.state_dict().keys() == {"class_weight"}
+    fresh = fastgd.LinearCrossEntropyLoss(torch.ones_like(class_weight), **options)
+    fresh.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(fresh(hidden, weight, target, bias),
+                               ours(hidden, weight, target, bias), rtol=0, atol=0)
+    copy = pickle.loads(pickle.dumps(ours))
+    assert repr(copy) == repr(ours) and "chunk_size=3" in repr(ours)
+    torch.testing.assert_close(copy(hidden, weight, target, bias),
+                               ours(hidden, weight, target, bias), rtol=0, atol=0)
+    assert ours.to(torch.float64).class_weight.dtype == torch.float64  # a buffer: moves with .to()
 
 
 @pytest.mark.parametrize("n_rows,n_classes,bytes_per_logit", [

@@ -81,7 +81,7 @@ def make_case(provider: str, mode: str, dtype: str, n_rows: int, n_classes: int,
         loss_fn = loss_function(provider)
         l2 = machine.l2_bytes() if device == "cuda" else 0
         set_bytes = n_rows * (n_classes * itemsize + traffic.TARGET_BYTES)
-        next_set = rotating(lambda: _inputs(n_rows, n_classes, torch_dtype, device, mode, loss_fn),
+        next_set = rotating(lambda: inputs(n_rows, n_classes, torch_dtype, device, mode, loss_fn),
                             set_bytes, l2)
         return _timed_call(mode, loss_fn, next_set)
 
@@ -130,7 +130,7 @@ def _liger_loss():
     return liger_loss
 
 
-def _inputs(n_rows, n_classes, dtype, device, mode, loss_fn) -> tuple:
+def inputs(n_rows, n_classes, dtype, device, mode, loss_fn) -> tuple:
     """Random logits (standard normal: never zeros) and targets; for ``bwd`` also the loss whose
     graph the timed call walks back through."""
     x = torch.randn(n_rows, n_classes, device=device, dtype=dtype).requires_grad_()

@@ -65,7 +65,7 @@ def make_case(provider, mode, dtype, n_rows, hidden, n_classes, device) -> Case:
         loss_fn = loss_function(provider)
         l2 = machine.l2_bytes() if device == "cuda" else 0
         set_bytes = (n_rows + n_classes) * hidden * itemsize
-        next_set = rotating(lambda: _inputs(n_rows, hidden, n_classes, torch_dtype, device),
+        next_set = rotating(lambda: inputs(n_rows, hidden, n_classes, torch_dtype, device),
                             set_bytes, l2)
         if mode == "fwd":
             def forward():
@@ -129,7 +129,7 @@ def _liger_loss():
     return liger_loss
 
 
-def _inputs(n_rows, hidden, n_classes, dtype, device) -> tuple:
+def inputs(n_rows, hidden, n_classes, dtype, device) -> tuple:
     """Hidden states ~ N(0, 1) and a head with std 1/sqrt(H): logits of order 1, as in a trained
     model (never zeros), and random targets."""
     h = torch.randn(n_rows, hidden, device=device, dtype=dtype).requires_grad_()

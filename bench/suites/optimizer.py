@@ -82,7 +82,7 @@ def make_case(provider: str, mode: str, dtype: str, set_name: str, shapes: list[
     clip = mode == "step+clip"
 
     def build() -> Callable[[], object]:
-        params = _parameters(shapes, torch_dtype, device)
+        params = parameters(shapes, torch_dtype, device)
         return step_function(provider, params, clip)
 
     return Case(
@@ -116,7 +116,7 @@ def step_function(provider: str, params: list, clip: bool) -> Callable[[], objec
     raise ValueError(f"unknown optimizer provider {provider!r}; expected one of {PROVIDERS}")
 
 
-def _parameters(shapes, dtype, device) -> list:
+def parameters(shapes, dtype, device) -> list:
     """Random parameters (std 0.02) with random gradients (std 0.1: their global norm is above
     MAX_GRAD_NORM for every set here, the tiny one included, so clipping scales them)."""
     params = []
