@@ -17,5 +17,7 @@ Layout: :mod:`bench.machine` (what we run on), :mod:`bench.traffic` (bytes and F
 must move), :mod:`bench.timing` (CUDA events through ``triton.testing.do_bench``, a CPU timer,
 copy bandwidth, peak memory), :mod:`bench.case` (one case = inputs + the call to time),
 ``bench/suites/`` (cross-entropy, optimizer, linear cross-entropy), :mod:`bench.runner`,
-:mod:`bench.results` (rows, CSV/JSON), :mod:`bench.table` (markdown), :mod:`bench.plots`.
+:mod:`bench.results` (rows, CSV/JSON), :mod:`bench.table` (markdown), :mod:`bench.plots`,
+:mod:`bench.folder` (writes a results folder), :mod:`bench.static` and :mod:`bench.aot` (the
+static report: each kernel compiled from its launcher's own argument builder).
 """

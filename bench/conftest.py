@@ -7,7 +7,6 @@ the ``benchmark`` fixture, so ``--benchmark-json`` and ``pytest-benchmark compar
 Each timed round is one call followed by a device synchronisation (host clock); the CLI
 (``python -m bench``) times with CUDA events instead and adds bandwidth, ceilings and memory.
 """
-import pytest
 import torch
 
 from bench.case import Case
