@@ -90,39 +90,3 @@ def _cuda_extra_bytes() -> int:
     # counted: they are tiny here.
     return torch.cuda.max_memory_allocated() - before
 
-
-def test_mixed_gemm_capability_matches_what_torch_runs():
-    # The fp32-accumulating GEMM decides the chunk size (no upcast temporary when it exists). It
-    # is read from the dispatcher once per device type; check that answer against a real call.
-    from fastgd.losses.linear_cross_entropy_ops import mixed_gemm_supported
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    acc = torch.zeros(3, 5, device=device)
-    a = torch.randn(3, 4, dtype=torch.bfloat16, device=device)
-    b = torch.randn(4, 5, dtype=torch.bfloat16, device=device)
-    try:
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-        runs = True
-    except (RuntimeError, TypeError, NotImplementedError):
-        runs = False
-    assert mixed_gemm_supported(device) is runs
-    assert mixed_gemm_supported("meta") is False  # no data, never a GEMM to run
-
-
-def test_chunk_size_follows_the_mixed_gemm_capability(monkeypatch):
-    # A 16-bit chunk's working set depends on the mixed GEMM: without it the gradient is upcast.
-    # The forward and the backward both size their chunks with chunk_rows from this answer.
-    from fastgd.losses import linear_cross_entropy_ops as ops
-
-    hidden = torch.empty(1 << 20, 64, dtype=torch.bfloat16, device="meta")
-    weight = torch.empty(128256, 64, dtype=torch.bfloat16, device="meta")
-    monkeypatch.setattr(ops.backend, "backend_for", lambda t: "triton")
-    monkeypatch.setattr(ops.backend, "uses_kernels", lambda t: True)
-    sizes = {}
-    for supported in (False, True):
-        monkeypatch.setattr(ops, "mixed_gemm_supported", lambda device_type, s=supported: s)
-        sizes[supported] = ops.chunk_rows(hidden, weight, 0)
-    # 2 bytes a logit with the mixed GEMM, 2 + 4 without: the budget holds 3x the rows
-    assert sizes[True] > sizes[False]
-    assert sizes[True] == ops.linear_cross_entropy_chunk(1 << 20, 128256, 2)
-    assert sizes[False] == ops.linear_cross_entropy_chunk(1 << 20, 128256, 6)

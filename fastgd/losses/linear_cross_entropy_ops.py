@@ -38,7 +38,7 @@ Why recompute in the backward rather than compute the gradients in the forward
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -66,14 +66,22 @@ def _bytes_per_logit(dtype: torch.dtype, uses_kernels: bool, mixed_gemm: bool) -
     return size + extra
 
 
-def chunk_rows(hidden: Tensor, weight: Tensor, chunk_size: int) -> int:
-    """Rows per chunk: ``chunk_size`` if > 0, else the budget rule of launch_config."""
+class ChunkPlan(NamedTuple):
+    """How a pass walks its rows. The forward and the backward each make it with
+    :func:`plan_chunks` from the same inputs, so they get the same plan."""
+    rows: int  # token rows per chunk
+    mixed_gemm: bool  # 16-bit chunks accumulate into the fp32 d_weight in one GEMM (no upcast)
+
+
+def plan_chunks(hidden: Tensor, weight: Tensor, chunk_size: int) -> ChunkPlan:
+    """Rows per chunk -- ``chunk_size`` if > 0, else the budget rule of launch_config -- and
+    whether the backward's d_weight accumulate uses the mixed GEMM (which sizes the budget)."""
     n_rows = hidden.shape[0]
+    mixed_gemm = uses_mixed_gemm(hidden)
     if chunk_size > 0:
-        return max(1, min(chunk_size, n_rows))
-    per_logit = _bytes_per_logit(hidden.dtype, backend.uses_kernels(hidden),
-                                 _mixed_gemm_available(hidden))
-    return linear_cross_entropy_chunk(n_rows, weight.shape[0], per_logit)
+        return ChunkPlan(max(1, min(chunk_size, n_rows)), mixed_gemm)
+    per_logit = _bytes_per_logit(hidden.dtype, backend.uses_kernels(hidden), mixed_gemm)
+    return ChunkPlan(linear_cross_entropy_chunk(n_rows, weight.shape[0], per_logit), mixed_gemm)
 
 
 def _chunks(n_rows: int, rows: int):
@@ -94,7 +102,8 @@ def mixed_gemm_supported(device_type: str) -> bool:
     accumulates into an fp32 output (``aten::addmm.dtype_out``, torch >= 2.8; CUDA only so far).
 
     Decided once per device type from the dispatcher's registrations -- never by catching a
-    failed call -- so the forward and the backward size their chunks from the same answer."""
+    failed call -- so the forward and the backward size their chunks from the same answer. (The
+    torch version is fixed for the process, so the device type is the whole cache key.)"""
     dispatch_key = {"cuda": "CUDA", "cpu": "CPU"}.get(device_type)
     has_kernel = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
     if (dispatch_key is None or has_kernel is None
@@ -103,17 +112,19 @@ def mixed_gemm_supported(device_type: str) -> bool:
     return bool(has_kernel("aten::addmm.dtype_out", dispatch_key))
 
 
-def _mixed_gemm_available(like: Tensor) -> bool:
+def uses_mixed_gemm(like: Tensor) -> bool:
+    """Whether the passes over ``like`` (the hidden states) use the mixed GEMM: on the compiled
+    backend, where torch has one for the device. Read only by :func:`plan_chunks`."""
     return backend.backend_for(like) == "triton" and mixed_gemm_supported(like.device.type)
 
 
-def _accumulate_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
+def _accumulate_product(acc: Tensor, a: Tensor, b: Tensor, mixed_gemm: bool) -> None:
     """``acc += a @ b`` with ``acc`` in the compute dtype, ``a`` and ``b`` in the logits' dtype;
-    never a second accumulator-sized temporary where the mixed GEMM exists (else the chunk is
-    upcast first: a chunk-sized temporary, counted by :func:`_bytes_per_logit`)."""
+    never a second accumulator-sized temporary with ``mixed_gemm`` (else the chunk is upcast
+    first: a chunk-sized temporary, counted by :func:`_bytes_per_logit`)."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-    elif _mixed_gemm_available(acc):
+    elif mixed_gemm:
         torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
     else:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
@@ -126,7 +137,7 @@ def _forward_pass(hidden, weight, bias, target, class_weight, options, chunk_siz
     lse = torch.empty_like(ce)
     if n_rows == 0:
         return ce, lse
-    rows = chunk_rows(hidden, weight, chunk_size)
+    rows = plan_chunks(hidden, weight, chunk_size).rows
     buffer = torch.empty(rows, n_classes, dtype=hidden.dtype, device=hidden.device)
     for start, stop in _chunks(n_rows, rows):
         logits = _logits_into(buffer[: stop - start], hidden[start:stop], weight, bias)
@@ -144,9 +155,9 @@ def _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, gra
     d_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=device) if need_hidden else None
     d_weight = torch.zeros(weight.shape, dtype=compute, device=device) if need_weight else None
     d_bias = torch.zeros(n_classes, dtype=compute, device=device) if need_bias else None
-    rows = chunk_rows(hidden, weight, chunk_size) if n_rows else 1
-    buffer = torch.empty(min(rows, n_rows), n_classes, dtype=hidden.dtype, device=hidden.device)
-    for start, stop in _chunks(n_rows, rows):
+    plan = plan_chunks(hidden, weight, chunk_size)
+    buffer = torch.empty(min(plan.rows, n_rows), n_classes, dtype=hidden.dtype, device=device)
+    for start, stop in _chunks(n_rows, plan.rows):
         h_chunk = hidden[start:stop]
         grad = _logits_into(buffer[: stop - start], h_chunk, weight, bias)
         rows_backward_into(  # in place: the chunk's logits become their gradient
@@ -155,7 +166,7 @@ def _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, gra
         if need_hidden:
             torch.mm(grad, weight, out=d_hidden[start:stop])
         if need_weight:
-            _accumulate_product(d_weight, grad.t(), h_chunk)
+            _accumulate_product(d_weight, grad.t(), h_chunk, plan.mixed_gemm)
         if need_bias:
             d_bias += grad.sum(0, dtype=compute)
     return (
