@@ -13,6 +13,7 @@ import torch
 
 import fastgd
 from fastgd.optim import launch as optim_launch
+from fastgd.optim.launch_cache import LaunchCache
 from fastgd.launch_config import ADAM_BLOCK
 from fastgd.kernels import adam as adam_kernels
 from test_optim import _assert_state_same, _leaves, _loss, _mlp, _set_grads
@@ -217,8 +218,8 @@ def test_tables_hold_each_value_in_the_column_the_kernel_reads(device):
     _set_grads([params], 0)
     opt.step()
     cache = opt._launch_cache
-    (bucket,) = cache["buckets"].values()
-    (groups,) = cache["groups"].values()
+    (bucket,) = cache.buckets.values()
+    (groups,) = cache.group_tables.values()
     rows = bucket.tensor_table.cpu().reshape(len(params), -1).tolist()
     assert len(rows[0]) == adam_kernels.TENSOR_COLS.value
     col = {name: getattr(adam_kernels, name).value for name in dir(adam_kernels)
@@ -272,19 +273,48 @@ def test_one_launch_per_dtype_and_tables_reused_while_addresses_stay(device, mon
     opt.step()
     # fp32 and fp64 buckets: one norm launch and one Adam launch each, whatever the tensor count
     assert sorted(launches) == ["adam_kernel"] * 2 + ["grad_sumsq_kernel"] * 2
-    buckets = dict(opt._launch_cache["buckets"])
+    buckets = dict(opt._launch_cache.buckets)
 
     for p in params:  # same gradient tensors, new values: the same tables serve
         p.grad.mul_(0.5)
     opt.step()
-    assert all(opt._launch_cache["buckets"][k] is b for k, b in buckets.items())
+    assert all(opt._launch_cache.buckets[k] is b for k, b in buckets.items())
 
     params[0].grad = None  # a parameter without gradient this step: the fp32 table changes
     params[2].grad = torch.randn(40, device=device)
     opt.step()
     fp32_key = next(k for k in buckets if k[1] == torch.float32)
-    assert opt._launch_cache["buckets"][fp32_key] is not buckets[fp32_key]
+    assert opt._launch_cache.buckets[fp32_key] is not buckets[fp32_key]
     assert opt.state[params[0]]["step"].item() == 2 and opt.state[params[1]]["step"].item() == 3
+
+
+def test_launch_tables_are_not_state(device):
+    """The cache holds addresses and values of this optimizer's tensors: pickles and deep copies
+    leave it behind, new or reloaded param groups drop it, and the next step builds a new one."""
+    params = _leaves([(5,), (3,)], torch.float32, device, seed=6)
+    opt = fastgd.AdamW(params[:1], max_grad_norm=1.0)
+    assert opt._launch_cache is None
+    _set_grads([params], 0)
+    opt.step()
+    cache = opt._launch_cache
+    assert isinstance(cache, LaunchCache)
+    (key,) = cache.buckets
+    assert key == (params[0].device, torch.float32)
+    assert list(cache.group_tables) == list(cache.norm_scratch) == [params[0].device]
+    for copied in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert copied._launch_cache is None and "_launch_cache" not in copied.__getstate__()
+    opt.step()
+    assert opt._launch_cache is cache  # same tensors: kept (what it keeps is tested above)
+
+    opt.load_state_dict(opt.state_dict())
+    assert opt._launch_cache is None
+    opt.step()
+    assert opt._launch_cache is not None and opt._launch_cache is not cache
+    opt.add_param_group({"params": params[1:]})
+    assert opt._launch_cache is None
+    opt.step()
+    (bucket,) = opt._launch_cache.buckets.values()
+    assert bucket.groups == frozenset({0, 1})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: host syncs, CUDA graphs")

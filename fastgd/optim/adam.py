@@ -17,19 +17,18 @@ tensor; None before the first clipping step).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from .. import backend, guard
-from . import launch, torch_path
+from . import launch
+from .launch_cache import Entry, LaunchCache
 from ..errors import InvalidTypeError, InvalidValueError
 
 _EXTRA_DEFAULTS = {"max_grad_norm": None}
 _STATE_KEYS = launch.STATE_KEYS
-_KERNEL_DTYPES = launch.KERNEL_DTYPES + (torch.complex64, torch.complex128)  # as real views
 
 
 class Adam(torch.optim.Optimizer):
@@ -48,6 +47,10 @@ class Adam(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
     # The clipping norm of the last step (not a setting: not part of state_dict or pickles).
     grad_norm: Optional[Tensor] = None
+    # The kernel path's tables, kept between steps; None until a step needs them. Not state:
+    # Optimizer.__getstate__ leaves it out of pickles and deep copies, and it is dropped whenever
+    # param_groups are replaced or extended (load_state_dict goes through __setstate__).
+    _launch_cache: Optional[LaunchCache] = None
 
     def __init__(
         self,
@@ -84,7 +87,7 @@ class Adam(torch.optim.Optimizer):
     # ------------------------------------------------------------------ state and checkpoints
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self.__dict__.pop("_launch_cache", None)
+        self._launch_cache = None
         for index, group in enumerate(self.param_groups):
             for key, value in (("amsgrad", False), ("maximize", False), ("foreach", None),
                                ("capturable", False), ("differentiable", False),
@@ -97,7 +100,7 @@ class Adam(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        self.__dict__.pop("_launch_cache", None)
+        self._launch_cache = None
 
     def _init_state(self, p: Tensor, group: dict) -> dict:
         state = self.state[p]
@@ -140,14 +143,16 @@ class Adam(torch.optim.Optimizer):
                     f"tensor (as torch.amp.GradScaler sets), got {_summary(value)}")
         entries = self._entries()
         if entries:
-            norm = _run_step(self.param_groups, entries, grad_scale, found_inf, self._cache())
+            if self._launch_cache is None:
+                self._launch_cache = LaunchCache()
+            norm = self._launch_cache.step(self.param_groups, entries, grad_scale, found_inf)
             if norm is not None:
                 self.grad_norm = norm
         return loss
 
-    def _entries(self) -> list[tuple[int, Tensor, Tensor, dict, str]]:
-        """(group index, param, grad, state, the param's name for messages) of every param with
-        a gradient, after the per-step checks that the gradient fits its parameter."""
+    def _entries(self) -> list[Entry]:
+        """Every param with a gradient, after the per-step checks that the gradient and the
+        state fit it."""
         entries = []
         for index, group in enumerate(self.param_groups):
             for position, p in enumerate(group["params"]):
@@ -162,14 +167,8 @@ class Adam(torch.optim.Optimizer):
                         "handles sparse ones)")
                 state = self._init_state(p, group)
                 _check_fits(p, grad, state, group["amsgrad"], name)
-                entries.append((index, p, grad, state, name))
+                entries.append(Entry(index, p, grad, state, name))
         return entries
-
-    def _cache(self) -> dict:
-        cache = self.__dict__.get("_launch_cache")
-        if cache is None:
-            cache = self.__dict__["_launch_cache"] = {"buckets": {}, "groups": {}, "norm": {}}
-        return cache
 
 
 class AdamW(Adam):
@@ -282,116 +281,6 @@ def _normalise_state(p: Tensor, state: Optional[dict], name: str) -> None:
                            "the optimizer state saved with these parameters")
         if s.stride() != p.stride():
             state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(s)
-
-
-# ---------------------------------------------------------------------- one step, all groups
-def _run_step(param_groups, entries, grad_scale, found_inf, cache) -> Optional[Tensor]:
-    """Update ``entries`` ((group index, param, grad, state) of every param with a gradient):
-    kernels where the backend runs them, torch's Adam elsewhere. Returns the clipping norm."""
-    kernel_works: dict[tuple, list] = defaultdict(list)  # (device, dtype) -> [Work]
-    torch_entries: dict[tuple, list] = defaultdict(list)  # (device, group) -> entries
-    on_kernels: dict = {}  # device -> whether the kernels run there (asked once per device)
-    for index, p, grad, state, name in entries:
-        if p.device not in on_kernels:
-            on_kernels[p.device] = backend.uses_kernels(p)
-        if on_kernels[p.device] and p.dtype in _KERNEL_DTYPES:
-            work = launch.make_work(p, grad, state, index, param_groups[index]["amsgrad"],
-                                          name)
-            kernel_works[(p.device, work.param.dtype)].append(work)
-        else:
-            if p.device.type != "meta":  # torch steps meta tensors without touching memory
-                launch.check_memory(name, p, {"gradient": grad, **{
-                    key: state.get(key) for key in _STATE_KEYS}}, state["step"],
-                    same_strides=False)  # torch's ops follow any strides
-            torch_entries[(p.device, index)].append((p, grad, state))
-
-    buckets = {}
-    for key, works in kernel_works.items():
-        buckets[key] = launch.prepare_bucket(works, cache["buckets"].get(key))
-        cache["buckets"][key] = buckets[key]
-    tables = {}
-    for (device, _), works in kernel_works.items():
-        if device not in tables:
-            tables[device] = launch.group_table(param_groups, works[0].param,
-                                                      cache["groups"].get(device))
-            cache["groups"][device] = tables[device]
-
-    clipping = {i for i, g in enumerate(param_groups) if g["max_grad_norm"] is not None}
-    sumsq, norm = _global_sumsq(param_groups, clipping, kernel_works, buckets, tables,
-                                torch_entries, grad_scale, cache)
-
-    for key, bucket in buckets.items():
-        device, _ = key
-        works = kernel_works[key]
-        launch.launch_adam(
-            bucket, tables[device].table, works[0].param,
-            _to(grad_scale, device), _to(found_inf, device),
-            sumsq.get(device) if bucket.groups & clipping else None,
-        )
-        for w in works:
-            if w.writeback is not None:
-                w.writeback.copy_(w.param)
-
-    for (device, index), items in torch_entries.items():
-        group = param_groups[index]
-        coef = None
-        if index in clipping:
-            coef = torch_path.clip_coefficient(sumsq[device], group["max_grad_norm"])
-        torch_path.adam_group_step(group, [e[0] for e in items], [e[1] for e in items],
-                                    [e[2] for e in items], grad_scale, found_inf, coef)
-    return norm
-
-
-def _global_sumsq(param_groups, clipping, kernel_works, buckets, tables, torch_entries,
-                  grad_scale, cache) -> tuple[dict, Optional[Tensor]]:
-    """Per device, the float64 sum of squares of all clipped gradients of all devices; and the
-    norm (float32, on the first device)."""
-    if not clipping:
-        return {}, None
-    per_device: dict = {}
-    norms: dict = {}
-    by_device: dict = defaultdict(list)
-    for key, bucket in buckets.items():
-        if bucket.groups & clipping:
-            by_device[key[0]].append((bucket, kernel_works[key][0].param))
-    for device, launches in by_device.items():
-        like = launches[0][1]
-        n_partials = sum(b.n_blocks for b, _ in launches)
-        scratch = launch.new_norm_scratch(like, n_partials, cache["norm"].get(device))
-        cache["norm"][device] = scratch
-        norms[device] = launch.launch_grad_sumsq(
-            launches, tables[device].table, scratch, _to(grad_scale, device), like)
-        per_device[device] = scratch.sumsq
-    torch_grads: dict = defaultdict(list)
-    for (device, index), items in torch_entries.items():
-        if index in clipping:
-            torch_grads[device] += [e[1] for e in items]
-    for device, grads in torch_grads.items():
-        part = torch_path.grad_sumsq(grads, _to(grad_scale, device))
-        if device in per_device:  # a dtype the kernels skip, beside kernel buckets
-            per_device[device].add_(part)
-        else:
-            per_device[device] = part
-    if not per_device:
-        return {}, None
-    if len(per_device) == 1 and norms and not torch_grads:  # the usual case: one launch
-        (device, total), = per_device.items()
-        return per_device, norms[device]
-    first = next(iter(per_device))
-    total = sum(s.to(first, non_blocking=True) for s in per_device.values())
-    for device in list(per_device):
-        if device in norms:  # the kernels read their device's scratch buffer
-            per_device[device].copy_(total, non_blocking=True)
-        else:
-            per_device[device] = total.to(device, non_blocking=True)
-    return per_device, total.sqrt().float()
-
-
-def _to(t: Optional[Tensor], device) -> Optional[Tensor]:
-    """A GradScaler scalar as the kernels read it: float32, 0-dim, on ``device``."""
-    if t is None:
-        return None
-    return t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(())
 
 
 def _summary(value) -> str:
