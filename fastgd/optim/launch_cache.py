@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import backend
-from . import launch, torch_path
+from . import launch, sharding, torch_path
 
 KERNEL_DTYPES = launch.KERNEL_DTYPES + (torch.complex64, torch.complex128)  # as real views
 
@@ -31,10 +31,12 @@ class Entry(NamedTuple):
 
 
 class _Split(NamedTuple):
-    """One step's entries by the way they are updated."""
+    """One step's entries by the way they are updated, as local tensors (a DTensor's shard)."""
 
     kernel_works: dict  # (device, dtype) -> [launch.Work]: one Adam launch each
     torch_entries: dict  # (device, group index) -> [Entry]: one torch_path call each
+    # (group index, the process groups a local sum of squares is summed over) -> local grads
+    norm_parts: dict
 
 
 class LaunchCache:
@@ -90,10 +92,43 @@ class LaunchCache:
 
     def _global_sumsq(self, split: _Split, clipping: set,
                       grad_scale: Optional[Tensor]) -> tuple[dict, Optional[Tensor]]:
-        """Per device, the float64 sum of squares of all clipped gradients of all devices; and
-        the norm (float32, on the first device)."""
+        """Per device, the float64 sum of squares of all clipped gradients of all devices and,
+        for sharded (DTensor) gradients, of all ranks; and the norm (float32, on the first
+        device). Sharded gradients: local sums of squares, then one all-reduce of the scalar
+        over each mesh dimension that shards them -- on the device, no host sync."""
         if not clipping:
             return {}, None
+        reductions = {groups for index, groups in split.norm_parts if index in clipping}
+        if len(reductions) > 1:
+            return self._sumsq_by_sharding(split, clipping, grad_scale)
+        per_device, norm = self._local_sumsq(split, clipping, grad_scale)
+        groups = next(iter(reductions), ())
+        if groups and per_device:
+            for total in {id(t): t for t in per_device.values()}.values():
+                sharding.sum_over(total, groups)
+            norm = next(iter(per_device.values())).sqrt().float()
+        return per_device, norm
+
+    def _sumsq_by_sharding(self, split: _Split, clipping: set,
+                           grad_scale: Optional[Tensor]) -> tuple[dict, Optional[Tensor]]:
+        """Gradients sharded in different ways (e.g. tensor-parallel and replicated ones on one
+        mesh): each kind summed locally with torch ops and all-reduced over its own process
+        groups, then added (one device per rank, as torch.distributed runs)."""
+        totals = []
+        for (index, groups), grads in split.norm_parts.items():
+            if index in clipping and grads:
+                part = torch_path.grad_sumsq(grads, _to(grad_scale, grads[0].device))
+                totals.append(sharding.sum_over(part, groups))
+        total = sum(totals[1:], totals[0])
+        per_device = {}
+        for device in {key[0] for key in split.kernel_works} | {key[0] for key in
+                                                                  split.torch_entries}:
+            per_device[device] = total.to(device, non_blocking=True)
+        return per_device, total.sqrt().float()
+
+    def _local_sumsq(self, split: _Split, clipping: set,
+                     grad_scale: Optional[Tensor]) -> tuple[dict, Optional[Tensor]]:
+        """:meth:`_global_sumsq` over this rank's tensors (their local shards)."""
         per_device: dict = {}
         norms: dict = {}
         by_device: dict = defaultdict(list)  # device -> [(bucket, a tensor of its dtype)]
@@ -138,9 +173,12 @@ class LaunchCache:
 def _split(param_groups: list[dict], entries: list[Entry]) -> _Split:
     """Each entry to the kernels or to torch's Adam. The launch guard runs here for the latter;
     for the former, launch.prepare_bucket runs it whenever it builds a table."""
-    split = _Split(defaultdict(list), defaultdict(list))
+    split = _Split(defaultdict(list), defaultdict(list), defaultdict(list))
     on_kernels: dict = {}  # device -> whether the kernels run there (asked once per device)
-    for e in entries:
+    for sharded in entries:
+        param, grad, state = sharding.local_view(sharded.param, sharded.grad, sharded.state)
+        e = sharded._replace(param=param, grad=grad, state=state)
+        split.norm_parts[(e.group, sharding.norm_groups(sharded.grad))].append(grad)
         p = e.param
         if p.device not in on_kernels:
             on_kernels[p.device] = backend.uses_kernels(p)
