@@ -338,3 +338,22 @@ def test_cuda_step_has_no_host_sync_and_graph_captures(device):
         reference[1].step()
     for p, q in zip(model.parameters(), reference[0].parameters()):
         assert torch.equal(p, q)
+
+
+def test_state_dict_has_torch_layout_without_clipping():
+    # DCP's loader wants the checkpoint to hold every key of the destination's state dict: a
+    # run without clipping must have torch.optim.AdamW's exact keys for checkpoints to move.
+    model = torch.nn.Linear(3, 2)
+    model(torch.randn(4, 3)).sum().backward()
+    ours, theirs = fastgd.AdamW(model.parameters()), torch.optim.AdamW(model.parameters())
+    for opt in (ours, theirs):
+        opt.step()
+    ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
+    assert set(ours_sd["param_groups"][0]) == set(theirs_sd["param_groups"][0])
+    assert set(ours_sd["state"][0]) == set(theirs_sd["state"][0])
+    # with clipping the key is kept, and a state dict without it keeps the optimizer's own
+    clipped = fastgd.AdamW(model.parameters(), max_grad_norm=1.0)
+    assert clipped.state_dict()["param_groups"][0]["max_grad_norm"] == 1.0
+    clipped.load_state_dict(theirs_sd)
+    assert clipped.param_groups[0]["max_grad_norm"] == 1.0
+    assert "max_grad_norm" in ours.param_groups[0]  # the live groups keep it

@@ -85,6 +85,17 @@ class Adam(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ state and checkpoints
+    def state_dict(self) -> dict:
+        """torch's state dict; a group's ``max_grad_norm`` (ours) only where it is set, so a run
+        without clipping has torch.optim.AdamW's exact layout -- DCP loads a torch checkpoint
+        into it and it into torch. A state dict without the key keeps the optimizer's own
+        ``max_grad_norm`` on load."""
+        state = super().state_dict()
+        for group in state["param_groups"]:
+            if group.get("max_grad_norm", 0) is None:
+                del group["max_grad_norm"]
+        return state
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._launch_cache = None
