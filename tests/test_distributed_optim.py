@@ -109,3 +109,41 @@ def _unwrapped_dtensor_is_refused(rank, world_size) -> None:
 
 def test_a_dtensor_that_reaches_the_launch_guard_is_refused():
     run_ranks(_unwrapped_dtensor_is_refused, 2)
+
+
+def _tensor_parallel(rank, world_size, backend_name: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+
+    import fastgd
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    plan = {"0": ColwiseParallel(), "2": RowwiseParallel()}
+    # placements: 0.weight/0.bias Shard(0), 2.weight Shard(1), 2.bias Replicate -- gradients
+    # sharded in two ways in one step, so the norm takes the per-sharding path
+    ours_model = parallelize_module(_model(), mesh, plan)
+    torch_model = parallelize_module(_model(), mesh, plan)
+    ours = fastgd.AdamW(ours_model.parameters(), lr=1e-2, max_grad_norm=0.05)
+    theirs = torch.optim.AdamW(torch_model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)  # the same batch on every rank, as TP needs
+    for _ in range(STEPS):
+        x = torch.randn(6, 8, generator=generator)
+        for model in (ours_model, torch_model):
+            model(x).square().mean().backward()
+        torch_norm = torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 0.05)
+        with fastgd.force_backend(backend_name):
+            ours.step()
+        theirs.step()
+        full = torch_norm.full_tensor() if isinstance(torch_norm, DTensor) else torch_norm
+        torch.testing.assert_close(ours.grad_norm.float(), full.float(), rtol=RTOL, atol=ATOL)
+        for opt in (ours, theirs):
+            opt.zero_grad()
+    for p, q in zip(ours_model.parameters(), torch_model.parameters()):
+        torch.testing.assert_close(p.full_tensor(), q.full_tensor(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("backend_name", ["auto", "torch"])
+def test_tensor_parallel_adamw_with_clipping_matches_torch(backend_name):
+    run_ranks(_tensor_parallel, 2, backend_name)
