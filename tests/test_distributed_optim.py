@@ -147,3 +147,45 @@ def _tensor_parallel(rank, world_size, backend_name: str) -> None:
 @pytest.mark.parametrize("backend_name", ["auto", "torch"])
 def test_tensor_parallel_adamw_with_clipping_matches_torch(backend_name):
     run_ranks(_tensor_parallel, 2, backend_name)
+
+
+def _fsdp_and_tensor_parallel(rank, world_size) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+
+    import fastgd
+
+    mesh = init_device_mesh("cpu", (2, world_size // 2), mesh_dim_names=("dp", "tp"))
+    plan = {"0": ColwiseParallel(), "2": RowwiseParallel()}
+
+    def build():
+        model = parallelize_module(_model(), mesh["tp"], plan)
+        fully_shard(model, mesh=mesh["dp"])  # 2-D DTensors: (Shard(0), <tp placement>)
+        return model
+
+    ours_model, torch_model = build(), build()
+    ours = fastgd.AdamW(ours_model.parameters(), lr=1e-2, max_grad_norm=0.05)
+    theirs = torch.optim.AdamW(torch_model.parameters(), lr=1e-2)
+    # one batch per data-parallel rank, the same within its tensor-parallel group
+    generator = torch.Generator().manual_seed(mesh["dp"].get_local_rank())
+    for _ in range(STEPS):
+        x = torch.randn(6, 8, generator=generator)
+        for model in (ours_model, torch_model):
+            model(x).square().mean().backward()
+        torch_norm = torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 0.05)
+        ours.step()
+        theirs.step()
+        full = torch_norm.full_tensor() if isinstance(torch_norm, DTensor) else torch_norm
+        torch.testing.assert_close(ours.grad_norm.float(), full.float(), rtol=RTOL, atol=ATOL)
+        for opt in (ours, theirs):
+            opt.zero_grad()
+    for p, q in zip(ours_model.parameters(), torch_model.parameters()):
+        assert p.device_mesh.ndim == 2
+        torch.testing.assert_close(p.full_tensor(), q.full_tensor(), rtol=RTOL, atol=ATOL)
+
+
+def test_fsdp2_plus_tensor_parallel_on_a_2d_mesh_matches_torch():
+    run_ranks(_fsdp_and_tensor_parallel, 4)
