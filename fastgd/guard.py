@@ -11,12 +11,38 @@ the fix.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .errors import InvalidTypeError, InvalidValueError
+
+
+@functools.lru_cache(maxsize=None)
+def dtensor_type() -> Optional[type]:
+    """``torch.distributed.tensor.DTensor``, or None where torch.distributed is not built."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def is_dtensor(t) -> bool:
+    cls = dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def refuse_dtensors(function: str, **tensors) -> None:
+    """Raise for a DTensor argument of a function that does not take them yet, naming it."""
+    for what, t in tensors.items():
+        if is_dtensor(t):
+            raise InvalidTypeError(
+                f"{function}: {what} is a DTensor (placements {t.placements}); sharded inputs "
+                f"are not supported yet -- pass {what}.full_tensor() (or, for logits sharded "
+                f"over the vocabulary, use torch's loss_parallel())")
 
 
 def require_tensor(

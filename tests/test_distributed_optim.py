@@ -189,3 +189,25 @@ def _fsdp_and_tensor_parallel(rank, world_size) -> None:
 
 def test_fsdp2_plus_tensor_parallel_on_a_2d_mesh_matches_torch():
     run_ranks(_fsdp_and_tensor_parallel, 4)
+
+
+def _sharded_losses_refused(rank, world_size) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import fastgd
+    from fastgd.errors import InvalidTypeError
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    logits = distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)])  # vocabulary-sharded
+    target = torch.tensor([0, 5, 2, 3])
+    with pytest.raises(InvalidTypeError, match="input is a DTensor.*full_tensor"):
+        fastgd.cross_entropy(logits, target)
+    head = distribute_tensor(torch.randn(6, 3), mesh, [Shard(0)])
+    with pytest.raises(InvalidTypeError, match="weight is a DTensor"):
+        fastgd.linear_cross_entropy(torch.randn(4, 3), head, target)
+
+
+def test_sharded_losses_are_refused_clearly_until_supported():
+    # vocabulary-parallel losses are not built yet: a clear error, not torch's mixed-type one
+    run_ranks(_sharded_losses_refused, 2)

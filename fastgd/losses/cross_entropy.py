@@ -67,6 +67,7 @@ def cross_entropy(
     A target outside ``[0, C)`` other than ``ignore_index`` raises on CPU; on CUDA that row's loss
     and gradient are NaN (checking would need a host sync). Nothing is read out of bounds.
     """
+    guard.refuse_dtensors("fastgd.cross_entropy", input=input, target=target, weight=weight)
     options = checked_options(ignore_index=ignore_index, label_smoothing=label_smoothing,
                               logit_scale=logit_scale, softcap=softcap, reduction=reduction,
                               z_loss=z_loss, num_items=num_items)

@@ -20,6 +20,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .. import guard
 from .cross_entropy import assemble_loss
 from ..errors import InvalidTypeError, InvalidValueError
 from .checks import as_float_option, check_class_weight, check_options, checked_options
@@ -60,6 +61,8 @@ def linear_cross_entropy(
     chunk; by default the largest power of two whose working set fits a fixed 1 GiB budget
     (decided from shapes alone: no host sync).
     """
+    guard.refuse_dtensors("fastgd.linear_cross_entropy", hidden=hidden, weight=weight,
+                          target=target, bias=bias, class_weight=class_weight)
     options = checked_options(ignore_index=ignore_index, label_smoothing=label_smoothing,
                               logit_scale=logit_scale, softcap=softcap, reduction=reduction,
                               z_loss=z_loss, num_items=num_items)

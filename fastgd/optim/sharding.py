@@ -15,30 +15,13 @@ Nothing here is home-made sharding: the layout is torch's, read from the DTensor
 """
 from __future__ import annotations
 
-import functools
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from ..errors import InvalidValueError
+from ..guard import is_dtensor
 
 STATE_TENSORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-
-@functools.lru_cache(maxsize=None)
-def dtensor_type() -> Optional[type]:
-    """``torch.distributed.tensor.DTensor``, or None where torch.distributed is not built."""
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
-
-
-def is_dtensor(t) -> bool:
-    cls = dtensor_type()
-    return cls is not None and isinstance(t, cls)
 
 
 def local_view(param: Tensor, grad: Tensor, state: dict) -> tuple[Tensor, Tensor, dict]:
