@@ -357,3 +357,27 @@ def test_state_dict_has_torch_layout_without_clipping():
     clipped.load_state_dict(theirs_sd)
     assert clipped.param_groups[0]["max_grad_norm"] == 1.0
     assert "max_grad_norm" in ours.param_groups[0]  # the live groups keep it
+
+
+def test_torch_path_guard_reruns_only_when_a_layout_changes(monkeypatch):
+    # The PyTorch path checks its tensors as the kernels' tables do: again only after an
+    # address or layout moved, so its host time does not pay the checks every step.
+    model = torch.nn.Linear(3, 2)
+    model(torch.randn(4, 3)).sum().backward()
+    opt = fastgd.AdamW(model.parameters())
+    checked = []
+    real = optim_launch.check_memory
+    monkeypatch.setattr(optim_launch, "check_memory",
+                        lambda name, *args, **kwargs: (checked.append(name),
+                                                       real(name, *args, **kwargs)))
+    with fastgd.force_backend("torch"):
+        opt.step()
+        assert len(checked) == 2  # weight and bias
+        opt.step()
+        assert len(checked) == 2, "nothing moved: no new checks"
+        model.weight.grad = model.weight.grad.clone()  # a new gradient tensor: a new address
+        opt.step()
+        assert len(checked) == 4  # the group is checked again
+        opt.state[model.bias]["exp_avg"] = torch.zeros(5)  # replaced, and wrong
+        with pytest.raises(ValueError, match="exp_avg"):
+            opt.step()

@@ -48,12 +48,15 @@ class LaunchCache:
         self.buckets: dict[tuple, launch.Bucket] = {}  # (device, dtype) -> its launch's tables
         self.group_tables: dict[torch.device, launch.GroupTable] = {}  # per device
         self.norm_scratch: dict[torch.device, launch.NormScratch] = {}  # per device
+        # (device, group) -> the addresses and layouts the torch path's tensors were checked in
+        self.torch_layouts: dict[tuple, tuple] = {}
 
     def step(self, param_groups: list[dict], entries: list[Entry], grad_scale: Optional[Tensor],
              found_inf: Optional[Tensor]) -> Optional[Tensor]:
         """Update ``entries`` (``grad_scale`` / ``found_inf``: a GradScaler's, or None). Returns
         the clipping norm; None when no clipping group has a gradient."""
         split = _split(param_groups, entries)
+        self._guard_torch_path(split.torch_entries)
         self._refresh_tables(param_groups, split.kernel_works)
         clipping = {i for i, g in enumerate(param_groups) if g["max_grad_norm"] is not None}
         sumsq, norm = self._global_sumsq(split, clipping, grad_scale)
@@ -78,6 +81,21 @@ class LaunchCache:
             torch_path.adam_group_step(group, [e.param for e in items], [e.grad for e in items],
                                        [e.state for e in items], grad_scale, found_inf, coef)
         return norm
+
+    def _guard_torch_path(self, torch_entries: dict) -> None:
+        """The launch guard for the tensors torch's Adam updates, rerun only when an address or
+        a layout changed since the last step (as the kernels' tables are rebuilt): the checks
+        read metadata tensor by tensor, and their cost would otherwise grow with every step."""
+        for key, items in torch_entries.items():
+            layout = tuple(_layout(e) for e in items)
+            if self.torch_layouts.get(key) == layout:
+                continue
+            for e in items:
+                if e.param.device.type != "meta":  # torch steps meta tensors without memory
+                    launch.check_memory(e.name, e.param, {"gradient": e.grad, **{
+                        k: e.state.get(k) for k in launch.STATE_KEYS}}, e.state["step"],
+                        same_strides=False)  # torch's ops follow any strides
+            self.torch_layouts[key] = layout
 
     def _refresh_tables(self, param_groups: list[dict], kernel_works: dict) -> None:
         """The tensor tables of this step's launches, and the group table of their devices."""
@@ -170,9 +188,18 @@ class LaunchCache:
         return per_device, total.sqrt().float()
 
 
+def _layout(e: Entry) -> tuple:
+    """What the launch guard's verdict on an entry depends on: each tensor's address, storage
+    size, offset, shape and strides."""
+    tensors = (e.param, e.grad, e.state["step"], *(e.state.get(k) for k in launch.STATE_KEYS))
+    return tuple((t.data_ptr(), t.untyped_storage().nbytes(), t.storage_offset(), t.shape,
+                  t.stride(), t.dtype) if t is not None and t.device.type != "meta" else None
+                 for t in tensors)
+
+
 def _split(param_groups: list[dict], entries: list[Entry]) -> _Split:
-    """Each entry to the kernels or to torch's Adam. The launch guard runs here for the latter;
-    for the former, launch.prepare_bucket runs it whenever it builds a table."""
+    """Each entry to the kernels or to torch's Adam (the launch guard runs in
+    LaunchCache._guard_torch_path for the latter, in launch.prepare_bucket for the former)."""
     split = _Split(defaultdict(list), defaultdict(list), defaultdict(list))
     on_kernels: dict = {}  # device -> whether the kernels run there (asked once per device)
     for sharded in entries:
@@ -187,10 +214,6 @@ def _split(param_groups: list[dict], entries: list[Entry]) -> _Split:
                                     param_groups[e.group]["amsgrad"], e.name)
             split.kernel_works[(p.device, work.param.dtype)].append(work)
         else:
-            if p.device.type != "meta":  # torch steps meta tensors without touching memory
-                launch.check_memory(e.name, p, {"gradient": e.grad, **{
-                    key: e.state.get(key) for key in launch.STATE_KEYS}}, e.state["step"],
-                    same_strides=False)  # torch's ops follow any strides
             split.torch_entries[(p.device, e.group)].append(e)
     return split
 
