@@ -189,12 +189,12 @@ class LaunchCache:
 
 
 def _layout(e: Entry) -> tuple:
-    """What the launch guard's verdict on an entry depends on: each tensor's address, storage
-    size, offset, shape and strides."""
+    """What the launch guard's verdict on an entry depends on beyond the per-step checks of
+    shape and dtype: each tensor's address (which moves when storage is replaced or freed) and
+    strides. (Reading storage sizes here would cost more than the checks it saves.)"""
     tensors = (e.param, e.grad, e.state["step"], *(e.state.get(k) for k in launch.STATE_KEYS))
-    return tuple((t.data_ptr(), t.untyped_storage().nbytes(), t.storage_offset(), t.shape,
-                  t.stride(), t.dtype) if t is not None and t.device.type != "meta" else None
-                 for t in tensors)
+    return tuple((t.data_ptr(), t.stride()) if t is not None and t.device.type != "meta"
+                 else None for t in tensors)
 
 
 def _split(param_groups: list[dict], entries: list[Entry]) -> _Split:
