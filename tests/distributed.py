@@ -3,7 +3,7 @@ processes with the gloo backend (CPU), each calling ``fn(rank, world_size, *args
 initialised process group, and fails the calling test -- never hangs it -- when a rank raises,
 dies or runs past ``timeout``.
 
-Each call takes a free port of its own. ``fn`` must be importable by name (a module-level
+Each call meets at a rendezvous file of its own (no port to race for). ``fn`` must be importable by name (a module-level
 function of a test module): the ranks are started with ``spawn``, which pickles it by reference.
 The ranks inherit the environment, TRITON_INTERPRET included, so they run the interpreted
 kernels as the test session does.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 
 import pytest
@@ -25,12 +26,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
+def _rank_main(rank: int, fn, world_size: int, rendezvous: str, args: tuple) -> None:
     import torch
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # the ranks share the machine's cores
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # a file rendezvous: no port to race for between choosing it and binding it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=world_size)
     try:
         fn(rank, world_size, *args)
     finally:
@@ -38,7 +40,8 @@ def _rank_main(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
 
 
 def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> None:
-    context = mp.start_processes(_rank_main, args=(fn, world_size, free_port(), args),
+    rendezvous = tempfile.mktemp(prefix="fastgd-rendezvous-")  # must not exist yet
+    context = mp.start_processes(_rank_main, args=(fn, world_size, rendezvous, args),
                                  nprocs=world_size, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     try:
@@ -50,3 +53,5 @@ def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> None:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
+        if os.path.exists(rendezvous):
+            os.remove(rendezvous)
