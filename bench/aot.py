@@ -110,9 +110,10 @@ def _meta(*shape, dtype) -> torch.Tensor:
 
 
 def cross_entropy_specs() -> list[KernelSpec]:
-    """Both row kernels per dtype: plain, and with every option (weights, smoothing, soft cap,
-    and in the backward an upstream gradient of ``lse``)."""
-    from fastgd.losses.cross_entropy_ops import RowOptions, backward_call, forward_call
+    """The row kernels per dtype (the vocabulary-parallel forward too): plain, and with every
+    option (weights, smoothing, soft cap, and in the backward an upstream gradient of ``lse``)."""
+    from fastgd.losses.cross_entropy_ops import (ClassSlice, RowOptions, backward_call,
+                                                 forward_call, shard_forward_call)
 
     rows = 4
     specs = []
@@ -130,6 +131,12 @@ def cross_entropy_specs() -> list[KernelSpec]:
             specs.append(specialise(f"ce_forward/{tag}",
                                     forward_call(logits, target, weight, ce, lse, options),
                                     streams_stores=False))
+            # one rank's slice, the second half of a vocabulary of 2 * CE_CLASSES
+            classes = ClassSlice(offset=CE_CLASSES, total=2 * CE_CLASSES)
+            all_weights = _meta(2 * CE_CLASSES, dtype=compute) if every_option else None
+            specs.append(specialise(f"ce_shard_forward/{tag}", shard_forward_call(
+                logits, target, all_weights, lse, ce, grad_ce, options, classes),
+                streams_stores=False))
             grad_lse = _meta(rows, dtype=compute) if every_option else None
             specs.append(specialise(f"ce_backward/{tag}", backward_call(
                 torch.empty_like(logits), logits, target, weight, lse, grad_ce, grad_lse,

@@ -41,8 +41,8 @@ def refuse_dtensors(function: str, **tensors) -> None:
         if is_dtensor(t):
             raise InvalidTypeError(
                 f"{function}: {what} is a DTensor (placements {t.placements}); sharded inputs "
-                f"are not supported yet -- pass {what}.full_tensor() (or, for logits sharded "
-                f"over the vocabulary, use torch's loss_parallel())")
+                f"are not supported yet -- pass {what}.full_tensor(), or compute the logits and "
+                f"pass them, sharded over the vocabulary, to fastgd.cross_entropy")
 
 
 def require_tensor(

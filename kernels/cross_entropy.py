@@ -21,6 +21,17 @@ with an online logsumexp; the backward reads them once and writes the gradient o
 That is the floor for the two passes (the forward must see every logit, the gradient must be
 written), plus O(N) for targets, per-row results and, with class weights, reads of ``w`` that
 stay in L2. An ignored row whose lse gradient is not needed is not read in the backward at all.
+
+Vocabulary-parallel (the classes of a row split over ranks, rank ``r`` holding classes
+``[o_r, o_r + C_r)`` of ``C``): each rank's forward reduces only its slice, to the row's parts
+
+    lse_r = log sum_{c in r} exp(z_c),   zt_r = z_t if t in r else 0,   wz_r = sum_{c in r} w_c z_c
+
+which combine over ranks into the whole row's ``lse = log sum_r exp(lse_r)``, ``z_t = sum_r zt_r``
+and ``sum_c w_c z_c = sum_r wz_r`` (all-reduces of N-vectors, done by the caller), hence ``ce``
+above. The backward needs no communication: given the whole row's ``lse``, each rank writes
+``d/dx_c`` for its own classes with the formula above (``C``, ``W`` and ``w_t`` of the whole row,
+the spike ``[c == t]`` only on the rank holding ``t``). Without sharding, ``o = 0`` and ``C_r = C``.
 """
 import triton
 import triton.language as tl
@@ -55,6 +66,37 @@ def _target_info(
 
 
 @triton.jit
+def _row_logsumexp(
+    row_ptr, stride_col, weight_ptr, n_classes, logit_scale, softcap, HAS_WEIGHT: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """(logsumexp of the row's z, sum_c w_c z_c when smoothing, else 0) in one read (online)."""
+    cols = tl.arange(0, BLOCK_V)
+    running_max = tl.full([], -float("inf"), COMPUTE)
+    running_sum = tl.zeros([], COMPUTE)  # sum exp(z - running_max)
+    weighted_z_sum = tl.zeros([], COMPUTE)  # sum_c w_c z_c, for label smoothing
+    for start in range(0, n_classes, BLOCK_V):
+        offs = start + cols
+        mask = offs < n_classes
+        x = tl.load(row_ptr + offs * stride_col, mask=mask, other=0.0).to(COMPUTE)
+        z = tl.where(mask, _scaled_capped(x, logit_scale, softcap, HAS_SOFTCAP), -float("inf"))
+        new_max = tl.maximum(running_max, tl.max(z, 0))
+        # While every logit so far is -inf (a masked vocabulary), shift by 0 instead of -inf:
+        # exp(-inf - -inf) would be NaN and poison the rest of the row.
+        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(z - shift), 0)
+        running_max = new_max
+        if HAS_SMOOTHING:
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+                weighted_z_sum += tl.sum(tl.where(mask, z * w, 0.0), 0)
+            else:
+                weighted_z_sum += tl.sum(tl.where(mask, z, 0.0), 0)
+    return running_max + tl.log(running_sum), weighted_z_sum
+
+
+@triton.jit
 def cross_entropy_forward_kernel(
     logits_ptr,  # (N, C) logits, any float dtype
     stride_row,  # elements between consecutive rows of logits
@@ -84,29 +126,10 @@ def cross_entropy_forward_kernel(
     softcap = float_arg(softcap_hi, softcap_lo, COMPUTE)
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride may exceed 2**31
     row_ptr = logits_ptr + row * stride_row
-    cols = tl.arange(0, BLOCK_V)
-
-    running_max = tl.full([], -float("inf"), COMPUTE)
-    running_sum = tl.zeros([], COMPUTE)  # sum exp(z - running_max)
-    weighted_z_sum = tl.zeros([], COMPUTE)  # sum_c w_c z_c, for label smoothing
-    for start in range(0, n_classes, BLOCK_V):
-        offs = start + cols
-        mask = offs < n_classes
-        x = tl.load(row_ptr + offs * stride_col, mask=mask, other=0.0).to(COMPUTE)
-        z = tl.where(mask, _scaled_capped(x, logit_scale, softcap, HAS_SOFTCAP), -float("inf"))
-        new_max = tl.maximum(running_max, tl.max(z, 0))
-        # While every logit so far is -inf (a masked vocabulary), shift by 0 instead of -inf:
-        # exp(-inf - -inf) would be NaN and poison the rest of the row.
-        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(z - shift), 0)
-        running_max = new_max
-        if HAS_SMOOTHING:
-            if HAS_WEIGHT:
-                w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-                weighted_z_sum += tl.sum(tl.where(mask, z * w, 0.0), 0)
-            else:
-                weighted_z_sum += tl.sum(tl.where(mask, z, 0.0), 0)
-    lse = running_max + tl.log(running_sum)
+    lse, weighted_z_sum = _row_logsumexp(
+        row_ptr, stride_col, weight_ptr, n_classes, logit_scale, softcap, HAS_WEIGHT,
+        HAS_SMOOTHING, HAS_SOFTCAP, COMPUTE, BLOCK_V,
+    )
 
     safe_target, ignored, in_range, w_t = _target_info(
         target_ptr, weight_ptr, row, n_classes, ignore_index, HAS_WEIGHT, COMPUTE
@@ -126,6 +149,47 @@ def cross_entropy_forward_kernel(
 
 
 @triton.jit
+def cross_entropy_shard_forward_kernel(
+    logits_ptr,  # (N, C_r) this rank's slice of the logits: classes [class_offset, +C_r)
+    stride_row,
+    stride_col,
+    target_ptr,  # (N,) class indices into the whole vocabulary
+    weight_ptr,  # (C,) the whole vocabulary's class weights (unused without HAS_WEIGHT)
+    lse_ptr,  # (N,) out: lse_r, the logsumexp over this slice
+    target_z_ptr,  # (N,) out: zt_r, z_t where this slice holds the target, else 0
+    weighted_z_ptr,  # (N,) out: wz_r = sum over this slice of w_c z_c (0 without smoothing)
+    n_classes,  # C_r >= 1
+    class_offset,
+    logit_scale_hi,
+    logit_scale_lo,
+    softcap_hi,
+    softcap_lo,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """One rank's parts of the vocabulary-parallel forward (module docstring), one read."""
+    logit_scale = float_arg(logit_scale_hi, logit_scale_lo, COMPUTE)
+    softcap = float_arg(softcap_hi, softcap_lo, COMPUTE)
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    lse, weighted_z_sum = _row_logsumexp(
+        row_ptr, stride_col, weight_ptr + class_offset, n_classes, logit_scale, softcap,
+        HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, COMPUTE, BLOCK_V,
+    )
+    local_target = tl.load(target_ptr + row).to(tl.int64) - class_offset
+    held = (local_target >= 0) & (local_target < n_classes)
+    # A target held elsewhere (or ignored, or out of range) is never used as an address.
+    x_t = tl.load(row_ptr + tl.where(held, local_target, 0) * stride_col).to(COMPUTE)
+    z_t = _scaled_capped(x_t, logit_scale, softcap, HAS_SOFTCAP)
+    tl.store(lse_ptr + row, lse)
+    tl.store(target_z_ptr + row, tl.where(held, z_t, 0.0))
+    tl.store(weighted_z_ptr + row, weighted_z_sum)
+
+
+@triton.jit
 def cross_entropy_backward_kernel(
     logits_ptr,  # (N, C) logits read here (may be grad_ptr itself: see in-place below)
     stride_row,
@@ -139,7 +203,9 @@ def cross_entropy_backward_kernel(
     lse_ptr,  # (N,) from the forward
     grad_ce_ptr,  # (N,) upstream gradient of ce
     grad_lse_ptr,  # (N,) upstream gradient of lse (unused without HAS_GRAD_LSE)
-    n_classes,
+    n_classes,  # classes in these logits: C_r of a vocabulary slice, else C
+    class_offset,  # the logits hold classes [class_offset, class_offset + n_classes) ...
+    total_classes,  # ... of total_classes (C); 0 and n_classes without vocabulary sharding
     ignore_index,
     label_smoothing_hi,  # float options as exact (hi, lo) fp32 pairs: see common.float_arg
     label_smoothing_lo,
@@ -167,8 +233,9 @@ def cross_entropy_backward_kernel(
     cols = tl.arange(0, BLOCK_V)
 
     safe_target, ignored, in_range, w_t = _target_info(
-        target_ptr, weight_ptr, row, n_classes, ignore_index, HAS_WEIGHT, COMPUTE
+        target_ptr, weight_ptr, row, total_classes, ignore_index, HAS_WEIGHT, COMPUTE
     )
+    local_target = safe_target - class_offset  # outside [0, n_classes) when held elsewhere
     lse = tl.load(lse_ptr + row).to(COMPUTE)
     # An ignored row's ce is the constant 0; an invalid target's row gets a NaN gradient.
     g_ce = tl.load(grad_ce_ptr + row).to(COMPUTE)
@@ -192,9 +259,9 @@ def cross_entropy_backward_kernel(
         if HAS_WEIGHT:
             w_sum = tl.load(weight_sum_ptr).to(COMPUTE)
         else:
-            w_sum = n_classes * 1.0
-        coef_p += g_ce * label_smoothing / n_classes * w_sum
-        coef_w = g_ce * label_smoothing / n_classes
+            w_sum = total_classes * 1.0
+        coef_p += g_ce * label_smoothing / total_classes * w_sum
+        coef_w = g_ce * label_smoothing / total_classes
 
     for start in range(0, n_classes, BLOCK_V):
         offs = start + cols
@@ -202,10 +269,10 @@ def cross_entropy_backward_kernel(
         x = tl.load(row_ptr + offs * stride_col, mask=offs < read_limit, other=0.0).to(COMPUTE)
         z = _scaled_capped(x, logit_scale, softcap, HAS_SOFTCAP)
         p = tl.exp(z - lse)
-        dz = coef_true * (p - tl.where(offs == safe_target, 1.0, 0.0)) + coef_p * p
+        dz = coef_true * (p - tl.where(offs == local_target, 1.0, 0.0)) + coef_p * p
         if HAS_SMOOTHING:
             if HAS_WEIGHT:
-                w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+                w = tl.load(weight_ptr + class_offset + offs, mask=mask, other=0.0).to(COMPUTE)
                 dz -= coef_w * w
             else:
                 dz -= coef_w

@@ -71,3 +71,12 @@ def assert_same(ours, expected, dtype: torch.dtype, what: str = "value") -> None
     """Same-precision comparison with the SAME_PRECISION tolerances of ``dtype``."""
     rtol, atol = SAME_PRECISION[dtype]
     torch.testing.assert_close(ours, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+# Vocabulary-parallel losses against the same loss on the unsharded logits: the same math, but the
+# rows' logsumexp and sums are combined from per-rank parts (a different order of summation), so
+# a few float32 ulps apart; a wrong or missing term is off by far more.
+VOCAB_PARALLEL = {
+    torch.float64: (1e-12, 1e-14),
+    torch.float32: (1e-5, 1e-6),
+    torch.bfloat16: (1.6e-2, 1e-5),
+}

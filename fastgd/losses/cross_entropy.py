@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import guard
+from . import vocab_parallel
 from .cross_entropy_ops import cross_entropy_rows
 from ..errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
 from .checks import as_float_option, check_class_weight, check_options, checked_options
@@ -66,14 +67,29 @@ def cross_entropy(
 
     A target outside ``[0, C)`` other than ``ignore_index`` raises on CPU; on CUDA that row's loss
     and gradient are NaN (checking would need a host sync). Nothing is read out of bounds.
+
+    Vocabulary-parallel: ``input`` may be a ``DTensor`` sharded over the class dimension on one
+    mesh dimension (replicated on any others) -- the logits of a ``ColwiseParallel`` LM head with
+    ``use_local_output=False``. Each rank reduces its slice; the rows combine with all-reduces of
+    N-vectors (:mod:`fastgd.losses.vocab_parallel`); every option works. ``target``, ``weight``
+    and ``num_items`` are plain tensors or DTensors (used whole). The loss is a plain tensor, the
+    same on every rank of the vocabulary's group; the gradient of ``input`` is a DTensor with its
+    placements. ``inplace_backward`` does not apply there (the gradient is a new tensor).
     """
-    guard.refuse_dtensors("fastgd.cross_entropy", input=input, target=target, weight=weight)
+    input, shard = vocab_parallel.unwrap_logits(input)
+    target, weight, num_items = (vocab_parallel.whole(t, what) for t, what in (
+        (target, "target"), (weight, "weight"), (num_items, "num_items")))
     options = checked_options(ignore_index=ignore_index, label_smoothing=label_smoothing,
                               logit_scale=logit_scale, softcap=softcap, reduction=reduction,
                               z_loss=z_loss, num_items=num_items)
-    logits, flat_target, out_shape = _as_rows(input, target)
-    n_classes = logits.shape[1]
+    logits, flat_target, out_shape = _as_rows(input, target, one_slice=shard is not None)
+    n_classes = shard.classes.total if shard is not None else logits.shape[1]
     weight = check_class_weight(weight, n_classes, logits)
+    if shard is not None:
+        ce, lse = vocab_parallel.rows(logits, flat_target, weight, options, shard)
+        return assemble_loss(ce, lse, flat_target, weight=weight, ignore_index=ignore_index,
+                             reduction=reduction, z_loss=z_loss, num_items=num_items,
+                             out_shape=out_shape, return_lse=return_lse)
     if inplace_backward and guard.has_internal_overlap(logits):
         raise InvalidValueError(
             f"inplace_backward=True writes the gradient over the logits, but elements of input "
@@ -182,8 +198,10 @@ def _as_denominator(num_items, like: Tensor):
     return float(num_items)
 
 
-def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
-    """``(N, C)`` logits, ``(N,)`` targets and the shape of a per-element loss."""
+def _as_rows(input: Tensor, target: Tensor,
+             one_slice: bool = False) -> tuple[Tensor, Tensor, torch.Size]:
+    """``(N, C)`` logits, ``(N,)`` targets and the shape of a per-element loss. ``one_slice``:
+    ``input`` is one rank's slice of the classes, which may hold none of them."""
     if not isinstance(input, Tensor):
         raise InvalidTypeError(f"input must be a torch.Tensor of logits, got "
                                f"{type(input).__name__}")
@@ -227,9 +245,10 @@ def _as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, torch.Size]
         if input.dim() == 2:
             logits = input
         else:  # (N, C, d1, ...): classes last, one row per (n, d1, ...)
-            logits = input.movedim(1, -1).reshape(-1, input.shape[1])
+            n_rows = target.numel()  # explicit: -1 is ambiguous for a slice of no classes
+            logits = input.movedim(1, -1).reshape(n_rows, input.shape[1])
         flat_target, out_shape = target.reshape(-1), target.shape
-    if logits.shape[1] == 0:
+    if logits.shape[1] == 0 and not one_slice:
         raise InvalidValueError("input has 0 classes; cross-entropy needs at least one class")
     if logits.shape[1] > MAX_CLASSES:
         raise InvalidValueError(f"input has {logits.shape[1]} classes; at most {MAX_CLASSES} are "

@@ -41,9 +41,21 @@ class RowOptions(NamedTuple):
     softcap: float  # <= 0: no soft cap
 
 
+class ClassSlice(NamedTuple):
+    """Which classes a tensor of logits holds: ``[offset, offset + C_local)`` of ``total`` -- one
+    rank's slice of a vocabulary-parallel row. ``None`` where they are all the classes."""
+
+    offset: int
+    total: int
+
+
+def _class_slice(logits, classes: Optional[ClassSlice]) -> ClassSlice:
+    return classes if classes is not None else ClassSlice(0, logits.shape[1])
+
+
 # --------------------------------------------------------------------------- Triton launchers
 def check_row_operands(logits, target, weight, *, lse=None, grad_ce=None, grad_lse=None,
-                       grad=None) -> None:
+                       grad=None, classes: Optional[ClassSlice] = None) -> None:
     """The launch guard of the row kernels (:mod:`fastgd.guard`): every pointer belongs to a
     tensor of the shape, dtype, device and layout the kernel assumes -- also when the ops are
     called directly as ``torch.ops.fastgd.*`` rather than through :func:`fastgd.cross_entropy`,
@@ -57,9 +69,13 @@ def check_row_operands(logits, target, weight, *, lse=None, grad_ce=None, grad_l
         raise InvalidTypeError(f"target has dtype {target.dtype}; the row kernels read int32 or "
                                f"int64 class indices")
     guard.require_tensor(target, "target", device=device, shape=(n_rows,), contiguous=True)
-    if weight is not None:
-        guard.require_tensor(weight, "weight", dtype=compute, device=device, shape=(n_classes,),
-                             contiguous=True)
+    classes = _class_slice(logits, classes)
+    if not 0 <= classes.offset <= classes.offset + n_classes <= classes.total:
+        raise InvalidValueError(f"logits hold classes [{classes.offset}, {classes.offset} + "
+                                f"{n_classes}), not inside the {classes.total} classes")
+    if weight is not None:  # the weights of every class, also for a slice of them
+        guard.require_tensor(weight, "weight", dtype=compute, device=device,
+                             shape=(classes.total,), contiguous=True)
     for what, vector in (("lse", lse), ("grad_ce", grad_ce), ("grad_lse", grad_lse)):
         if vector is not None:
             guard.require_tensor(vector, what, dtype=compute, device=device, shape=(n_rows,),
@@ -102,14 +118,33 @@ def forward_call(logits, target, weight, ce, lse, options: RowOptions) -> Kernel
                            ce_ptr=ce, lse_ptr=lse), num_warps)
 
 
+def shard_forward_call(logits, target, weight, lse, target_z, weighted_z,
+                       options: RowOptions, classes: ClassSlice) -> KernelCall:
+    """The vocabulary-parallel forward kernel's launch: one program per row of this rank's
+    slice, writing its parts ``lse_r``, ``zt_r`` and ``wz_r``."""
+    from ..kernels.cross_entropy import cross_entropy_shard_forward_kernel
+
+    _, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
+    shared = _shared_args(logits, target, weight, lse, options)
+    args = {name: shared[name] for name in (
+        "logits_ptr", "stride_row", "stride_col", "target_ptr", "weight_ptr", "n_classes",
+        "logit_scale_hi", "logit_scale_lo", "softcap_hi", "softcap_lo", "HAS_WEIGHT",
+        "HAS_SMOOTHING", "HAS_SOFTCAP", "COMPUTE", "BLOCK_V")}
+    return KernelCall(cross_entropy_shard_forward_kernel, (logits.shape[0],),
+                      dict(args, lse_ptr=lse, target_z_ptr=target_z, weighted_z_ptr=weighted_z,
+                           class_offset=classes.offset), num_warps)
+
+
 def backward_call(grad, logits, target, weight, lse, grad_ce, grad_lse,
-                  options: RowOptions) -> KernelCall:
+                  options: RowOptions, classes: Optional[ClassSlice] = None) -> KernelCall:
     """The backward kernel's launch: one program per row, writing ``grad``."""
     from ..kernels.cross_entropy import cross_entropy_backward_kernel
 
     _, num_warps = cross_entropy_launch(logits.shape[1], logits.dtype)
+    classes = _class_slice(logits, classes)
     return KernelCall(cross_entropy_backward_kernel, (logits.shape[0],),
                       dict(_shared_args(logits, target, weight, lse, options),
+                           class_offset=classes.offset, total_classes=classes.total,
                            grad_ptr=grad, grad_stride_row=grad.stride(0),
                            grad_stride_col=grad.stride(1), lse_ptr=lse, grad_ce_ptr=grad_ce,
                            grad_lse_ptr=grad_lse if grad_lse is not None else lse,
@@ -127,11 +162,25 @@ def _launch_forward(logits, target, weight, options: RowOptions):
     return ce, lse
 
 
-def _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options: RowOptions):
-    if logits.shape[0] == 0:
+def _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options: RowOptions,
+                     classes: Optional[ClassSlice]):
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
         return
     with backend.launch_device(logits):
-        backward_call(grad, logits, target, weight, lse, grad_ce, grad_lse, options).launch()
+        backward_call(grad, logits, target, weight, lse, grad_ce, grad_lse, options,
+                      classes).launch()
+
+
+def _launch_shard_forward(logits, target, weight, options: RowOptions, classes: ClassSlice):
+    lse, target_z, weighted_z = (
+        torch.empty(logits.shape[0], dtype=compute_dtype(logits.dtype), device=logits.device)
+        for _ in range(3))
+    if logits.shape[0] == 0:
+        return lse, target_z, weighted_z
+    with backend.launch_device(logits):
+        shard_forward_call(logits, target, weight, lse, target_z, weighted_z, options,
+                           classes).launch()
+    return lse, target_z, weighted_z
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -147,15 +196,29 @@ def rows_forward(logits: Tensor, target: Tensor, weight: Optional[Tensor],
 
 def rows_backward_into(grad: Tensor, logits: Tensor, target: Tensor, weight: Optional[Tensor],
                        lse: Tensor, grad_ce: Tensor, grad_lse: Optional[Tensor],
-                       options: RowOptions) -> None:
-    """Write ``d loss / d logits`` into ``grad`` (which may be ``logits`` itself)."""
+                       options: RowOptions, classes: Optional[ClassSlice] = None) -> None:
+    """Write ``d loss / d logits`` into ``grad`` (which may be ``logits`` itself). For a slice of
+    the classes (``classes``), ``lse`` is the whole row's and ``weight`` every class's."""
     check_row_operands(logits, target, weight, lse=lse, grad_ce=grad_ce, grad_lse=grad_lse,
-                       grad=grad)
+                       grad=grad, classes=classes)
     if backend.uses_kernels(logits):
-        _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options)
-    else:
+        _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options, classes)
+    elif logits.shape[1] > 0:
         grad.copy_(torch_path.rows_backward(logits, target, weight, lse, grad_ce, grad_lse,
-                                            options))
+                                            options, _class_slice(logits, classes)))
+
+
+def shard_rows_forward(logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                       options: RowOptions, classes: ClassSlice) -> tuple[Tensor, Tensor, Tensor]:
+    """This rank's parts ``(lse_r, zt_r, wz_r)`` of a vocabulary-parallel row (formulas in
+    ``fastgd/kernels/cross_entropy.py``); a slice of no classes has ``lse_r = -inf``."""
+    check_row_operands(logits, target, weight, classes=classes)
+    if logits.shape[1] == 0:  # an empty slice (uneven sharding): nothing to read
+        zeros = logits.new_zeros(logits.shape[0], dtype=compute_dtype(logits.dtype))
+        return torch.full_like(zeros, float("-inf")), zeros, zeros.clone()
+    if backend.uses_kernels(logits):
+        return _launch_shard_forward(logits, target, weight, options, classes)
+    return torch_path.shard_rows_forward(logits, target, weight, options, classes)
 
 
 # --------------------------------------------------------------------------- library ops

@@ -54,16 +54,41 @@ def rows_forward(logits, target, weight, options):
     return ce, lse
 
 
+def shard_rows_forward(logits, target, weight, options, classes):
+    """One rank's parts ``(lse_r, zt_r, wz_r)`` of a vocabulary-parallel row; ``classes`` is a
+    ``cross_entropy_ops.ClassSlice``, ``weight`` every class's."""
+    z = _z(logits, options.logit_scale, options.softcap)
+    local_target = target.long() - classes.offset
+    held = (local_target >= 0) & (local_target < logits.shape[1])
+    z_t = z.gather(1, torch.where(held, local_target, 0)[:, None])[:, 0]
+    if options.label_smoothing > 0:
+        w = _weight_slice(weight, classes, logits.shape[1], z.dtype)
+        weighted_z = (z * w).sum(1) if w is not None else z.sum(1)
+    else:
+        weighted_z = torch.zeros_like(z_t)
+    return _logsumexp(z), torch.where(held, z_t, 0.0), weighted_z
+
+
+def _weight_slice(weight, classes, n_classes, dtype):
+    if weight is None:
+        return None
+    return weight[classes.offset:classes.offset + n_classes].to(dtype)
+
+
 def rows_backward(logits, target, weight, lse, grad_ce, grad_lse: Optional[torch.Tensor],
-                  options):
-    """``d loss / d logits`` (a new tensor in the logits' dtype)."""
+                  options, classes):
+    """``d loss / d logits`` (a new tensor in the logits' dtype), for the slice ``classes`` (a
+    ``cross_entropy_ops.ClassSlice``) of the row's classes; ``lse`` is the whole row's."""
     ignore_index, label_smoothing = options.ignore_index, options.label_smoothing
     softcap, logit_scale = options.softcap, options.logit_scale
-    n_classes = logits.shape[1]
+    n_classes = classes.total
     z = _z(logits, logit_scale, softcap)
     safe_target, ignored, in_range, w_t = _target_info(
         target, weight, n_classes, ignore_index, z.dtype
     )
+    local_target = safe_target - classes.offset
+    held = (local_target >= 0) & (local_target < logits.shape[1])
+    spike_at = torch.where(held, local_target, 0)[:, None]
     g_ce = torch.where(ignored, 0.0, torch.where(in_range, grad_ce.to(z.dtype), float("nan")))
     p = torch.exp(z - lse[:, None].to(z.dtype))
     coef_true = g_ce * (1.0 - label_smoothing) * w_t  # times (p_c - [c == t])
@@ -74,11 +99,13 @@ def rows_backward(logits, target, weight, lse, grad_ce, grad_lse: Optional[torch
         coef_p = coef_p + coef_w * (w.sum() if w is not None else n_classes)
     # As the kernel (see its comment): coef_true times (p - onehot) with p_t - 1 exact near 1,
     # here in place as (coef_true + coef_p) * (p - onehot) + coef_p * onehot.
-    p.scatter_add_(1, safe_target[:, None], torch.full_like(p[:, :1], -1.0))
+    # (the spike only on the slice holding the target)
+    p.scatter_add_(1, spike_at, torch.where(held, -1.0, 0.0).to(p.dtype)[:, None])
     dz = p.mul_((coef_true + coef_p)[:, None])
-    dz.scatter_add_(1, safe_target[:, None], coef_p[:, None])
+    dz.scatter_add_(1, spike_at, torch.where(held, coef_p, 0.0)[:, None])
     if label_smoothing > 0:
-        dz -= coef_w[:, None] * (w[None, :] if w is not None else 1.0)
+        w_here = _weight_slice(weight, classes, logits.shape[1], z.dtype)
+        dz -= coef_w[:, None] * (w_here[None, :] if w_here is not None else 1.0)
     if softcap > 0:
         dz = dz * (1.0 - (z / softcap) ** 2)
     if grad_lse is None:  # as the kernel: an ignored row's gradient is exactly zero

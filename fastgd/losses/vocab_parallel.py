@@ -1,0 +1,140 @@
+"""Vocabulary-parallel cross-entropy: logits that are a ``DTensor`` sharded over the classes
+(``Shard`` of the class dimension on one dimension of its ``DeviceMesh``, as a ``ColwiseParallel``
+LM head with ``use_local_output=False`` makes them).
+
+Each rank reduces its own slice of every row with the same fused kernel, to the parts ``lse_r``,
+``zt_r`` and ``wz_r`` of ``fastgd/kernels/cross_entropy.py``; they combine over the vocabulary's
+process group with two all-reduces of N-vectors (never a gather of the ``N x V`` logits):
+
+    M   = max_r lse_r                         all-reduce MAX of N values
+    (S, z_t, sum_c w_c z_c) = sum_r (exp(lse_r - M), zt_r, wz_r)    all-reduce SUM of 3N values
+    lse = M + log S
+
+then ``ce`` of the whole row exactly as the single-device kernel writes it. Per rank and forward
+that is ``4N`` bytes (MAX) plus ``12N`` bytes (SUM) in float32 sent into the all-reduces, against
+``N x V x b`` for gathering the logits. The backward is local: each rank writes the gradient of
+its own slice from the whole row's ``lse`` (no communication), a ``DTensor`` with the logits'
+placements.
+
+The layout is torch's, read from the DTensor; nothing here shards anything itself.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .. import backend, guard
+from ..errors import InvalidValueError
+from .cross_entropy_ops import (ClassSlice, RowOptions, check_target_range, rows_backward_into,
+                                shard_rows_forward)
+
+
+class VocabShard(NamedTuple):
+    """One rank's share of vocabulary-parallel logits: which classes, and the process group
+    that holds the others."""
+
+    classes: ClassSlice
+    group: object  # torch.distributed.ProcessGroup
+
+
+def unwrap_logits(input: Tensor, what: str = "input") -> tuple[Tensor, Optional[VocabShard]]:
+    """``(local logits, shard)`` of a DTensor sharded over its class dimension (dimension 1, or
+    0 for ``(C,)`` logits) on one mesh dimension and replicated on the others; ``shard`` is None
+    for a plain tensor or a replicated DTensor (whose local tensor is the whole)."""
+    if not guard.is_dtensor(input):
+        return input, None
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    class_dim = 0 if input.dim() == 1 else 1
+    vocab_dims, others = [], []
+    for mesh_dim, placement in enumerate(input.placements):
+        if type(placement) is Shard and placement.dim % input.dim() == class_dim:
+            vocab_dims.append(mesh_dim)
+        elif not placement.is_replicate():
+            others.append(placement)
+    if others or len(vocab_dims) > 1:
+        raise InvalidValueError(
+            f"{what} is a DTensor with placements {input.placements}; fastgd's losses take "
+            f"logits sharded over the classes (Shard({class_dim}) on one mesh dimension) and "
+            f"replicated on the others -- redistribute them, e.g. "
+            f"{what}.redistribute(mesh, [Shard({class_dim})]), or pass {what}.to_local()")
+    local = input.to_local()  # differentiable: the gradient comes back with these placements
+    if not vocab_dims:
+        return local, None
+    _, offsets = compute_local_shape_and_global_offset(input.shape, input.device_mesh,
+                                                       input.placements)
+    classes = ClassSlice(offset=offsets[class_dim], total=input.shape[class_dim])
+    return local, VocabShard(classes, input.device_mesh.get_group(vocab_dims[0]))
+
+
+def whole(t, what: str):
+    """A DTensor argument that every rank needs whole (targets, class weights, ``num_items``)
+    as a plain tensor; anything else as it is."""
+    if not guard.is_dtensor(t):
+        return t
+    if all(placement.is_replicate() for placement in t.placements):
+        return t.to_local()
+    if any(placement.is_partial() for placement in t.placements):
+        raise InvalidValueError(f"{what} is a DTensor with a Partial placement {t.placements}; "
+                                f"reduce it first ({what}.full_tensor())")
+    return t.full_tensor()  # a gather of N integers: small next to the logits
+
+
+def rows(logits: Tensor, target: Tensor, weight: Optional[Tensor], options: RowOptions,
+         shard: VocabShard) -> tuple[Tensor, Tensor]:
+    """Per-row ``(ce, lse)`` of the whole rows, from this rank's ``(N, C_r)`` slice of them;
+    the same on every rank of ``shard.group``. Differentiable in ``logits``."""
+    return _VocabParallelRows.apply(logits, target, weight, options, shard)
+
+
+def _combine(lse_r, target_z, weighted_z, target, weight, options: RowOptions,
+             shard: VocabShard) -> tuple[Tensor, Tensor]:
+    """The whole rows' ``(ce, lse)`` from every rank's parts (module docstring)."""
+    dist = torch.distributed
+    row_max = lse_r.clone()
+    dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=shard.group)
+    # a row of -inf only (a masked vocabulary): shift by 0, as the kernel, not by -inf
+    shift = torch.where(row_max == float("-inf"), 0.0, row_max)
+    sums = torch.stack((torch.exp(lse_r - shift), target_z, weighted_z))
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=shard.group)
+    lse = shift + torch.log(sums[0])
+    total = shard.classes.total
+    ignored = target == options.ignore_index
+    in_range = (target >= 0) & (target < total)
+    if weight is not None:
+        w_t = weight[torch.where(in_range, target, 0).long()]
+    else:
+        w_t = torch.ones((), dtype=lse.dtype, device=lse.device)
+    ce = (1.0 - options.label_smoothing) * w_t * (lse - sums[1])
+    if options.label_smoothing > 0:
+        w_sum = weight.sum() if weight is not None else float(total)
+        ce = ce + options.label_smoothing / total * (w_sum * lse - sums[2])
+    ce = torch.where(ignored, 0.0, torch.where(in_range, ce, float("nan")))
+    return ce, lse
+
+
+class _VocabParallelRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, weight, options: RowOptions, shard: VocabShard):
+        if backend.can_check_on_host(target):
+            check_target_range(target, shard.classes.total, options.ignore_index)
+        parts = shard_rows_forward(logits, target, weight, options, shard.classes)
+        ce, lse = _combine(*parts, target, weight, options, shard)
+        ctx.save_for_backward(logits, target, weight, lse)
+        ctx.options, ctx.shard = options, shard
+        # An unused output's gradient stays None (not zeros): the backward skips ignored rows.
+        ctx.set_materialize_grads(False)
+        return ce, lse
+
+    @staticmethod
+    def backward(ctx, grad_ce, grad_lse):
+        logits, target, weight, lse = ctx.saved_tensors
+        grad_ce = grad_ce.contiguous() if grad_ce is not None else torch.zeros_like(lse)
+        grad_lse = grad_lse.contiguous() if grad_lse is not None else None
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        rows_backward_into(grad, logits, target, weight, lse, grad_ce, grad_lse, ctx.options,
+                           ctx.shard.classes)
+        return grad, None, None, None, None
