@@ -165,3 +165,60 @@ def _bad_placements(rank, world_size) -> None:
 
 def test_vocab_parallel_bad_input_is_refused_clearly():
     run_ranks(_bad_placements, 2)
+
+
+def _linear_compare(rank, world_size, backend_name, n_classes, sequence_sharded) -> None:
+    """linear_cross_entropy with the LM head's weight (and bias) sharded over the vocabulary,
+    in chunks of 2 rows (several chunks per rank), against the unsharded head."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    import fastgd
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    rtol, atol = VOCAB_PARALLEL[torch.float32]
+    n_rows, hidden_size = 6, 4
+    for index, case in enumerate(CASES):
+        generator = torch.Generator().manual_seed(100 + index)
+        kwargs = _case_kwargs(case, n_classes, generator)
+        if "weight" in kwargs:
+            kwargs["class_weight"] = kwargs.pop("weight")
+        with_bias = index % 2 == 0  # with and without a bias, alternately
+        target = _targets(n_rows, n_classes, generator, kwargs.get("ignore_index", -100))
+        hidden = torch.randn(n_rows, hidden_size, generator=generator)
+        head = torch.randn(n_classes, hidden_size, generator=generator)
+        bias = torch.randn(n_classes, generator=generator) if with_bias else None
+        whole = [t.clone().requires_grad_() for t in (hidden, head) + ((bias,) if with_bias else ())]
+        sharded_hidden = (distribute_tensor(hidden, mesh, [Shard(0)]) if sequence_sharded
+                          else hidden.clone()).requires_grad_()
+        sharded = [distribute_tensor(t, mesh, [Shard(0)]).requires_grad_()
+                   for t in (head,) + ((bias,) if with_bias else ())]
+        with fastgd.force_backend(backend_name):
+            ours = fastgd.linear_cross_entropy(sharded_hidden, sharded[0], target,
+                                               *sharded[1:], chunk_size=2, **kwargs)
+            truth = fastgd.linear_cross_entropy(whole[0], whole[1], target, *whole[2:],
+                                                chunk_size=2, **kwargs)
+        ours, truth = (out if isinstance(out, tuple) else (out,) for out in (ours, truth))
+        for name, a, b in zip(("loss", "lse"), ours, truth):
+            assert not isinstance(a, DTensor)
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=f"{case}: {name}")
+        sum((out.double() * (k + 1.5)).sum() for k, out in enumerate(ours)).backward()
+        sum((out.double() * (k + 1.5)).sum() for k, out in enumerate(truth)).backward()
+        grads = [sharded_hidden.grad] + [t.grad for t in sharded]
+        for name, ours_grad, truth_t in zip(("hidden", "weight", "bias"), grads, whole):
+            if isinstance(ours_grad, DTensor):
+                assert name != "hidden" or sequence_sharded
+                ours_grad = ours_grad.full_tensor()
+            torch.testing.assert_close(ours_grad, truth_t.grad, rtol=rtol, atol=atol,
+                                       msg=f"{case}: d {name}")
+
+
+@pytest.mark.parametrize("backend_name", ["auto", "torch"])  # kernels (interpreted), torch path
+def test_vocab_parallel_linear_cross_entropy_every_option_on_2_ranks(backend_name):
+    run_ranks(_linear_compare, 2, backend_name, 37, False)
+
+
+def test_vocab_parallel_linear_cross_entropy_sequence_sharded_empty_slice_on_4_ranks():
+    # hidden states sharded over the sequence (gathered, their gradient scattered back) and a
+    # rank holding no class of the 5
+    run_ranks(_linear_compare, 4, "auto", 5, True)

@@ -189,23 +189,3 @@ def _fsdp_and_tensor_parallel(rank, world_size) -> None:
 
 def test_fsdp2_plus_tensor_parallel_on_a_2d_mesh_matches_torch():
     run_ranks(_fsdp_and_tensor_parallel, 4)
-
-
-def _sharded_losses_refused(rank, world_size) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    import fastgd
-    from fastgd.errors import InvalidTypeError
-
-    mesh = init_device_mesh("cpu", (world_size,))
-    target = torch.tensor([0, 5, 2, 3])
-    head = distribute_tensor(torch.randn(6, 3), mesh, [Shard(0)])
-    with pytest.raises(InvalidTypeError, match="weight is a DTensor.*fastgd.cross_entropy"):
-        fastgd.linear_cross_entropy(torch.randn(4, 3), head, target)
-
-
-def test_vocab_sharded_linear_cross_entropy_is_refused_clearly_until_supported():
-    # the vocabulary-parallel linear loss is not built yet: a clear error naming the way out,
-    # not torch's mixed-type one (vocabulary-parallel cross_entropy: test_distributed_losses.py)
-    run_ranks(_sharded_losses_refused, 2)

@@ -76,7 +76,8 @@ def cross_entropy(
     same on every rank of the vocabulary's group; the gradient of ``input`` is a DTensor with its
     placements. ``inplace_backward`` does not apply there (the gradient is a new tensor).
     """
-    input, shard = vocab_parallel.unwrap_logits(input)
+    class_dim = 0 if isinstance(input, Tensor) and input.dim() == 1 else 1
+    input, shard = vocab_parallel.unwrap_classes(input, class_dim, "input")
     target, weight, num_items = (vocab_parallel.whole(t, what) for t, what in (
         (target, "target"), (weight, "weight"), (num_items, "num_items")))
     options = checked_options(ignore_index=ignore_index, label_smoothing=label_smoothing,

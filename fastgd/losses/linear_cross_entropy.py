@@ -20,7 +20,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .. import guard
+from . import vocab_parallel
 from .cross_entropy import assemble_loss
 from ..errors import InvalidTypeError, InvalidValueError
 from .checks import as_float_option, check_class_weight, check_options, checked_options
@@ -60,22 +60,40 @@ def linear_cross_entropy(
     weights, renamed here because ``weight`` is the projection). ``chunk_size``: token rows per
     chunk; by default the largest power of two whose working set fits a fixed 1 GiB budget
     (decided from shapes alone: no host sync).
+
+    Vocabulary-parallel: ``weight`` (and ``bias``) may be a ``DTensor`` sharded over the
+    vocabulary (``Shard(0)``, a ``ColwiseParallel`` LM head), ``hidden`` plain or a DTensor of
+    any placement (used whole: sequence-sharded states are gathered). Each rank runs the chunked
+    path on its slice; rows combine as in :func:`fastgd.cross_entropy`; the backward adds one
+    all-reduce of ``hidden``'s gradient over the vocabulary's group. The loss is a plain tensor.
     """
-    guard.refuse_dtensors("fastgd.linear_cross_entropy", hidden=hidden, weight=weight,
-                          target=target, bias=bias, class_weight=class_weight)
+    weight, shard = vocab_parallel.unwrap_classes(weight, 0, "weight")
+    bias, bias_shard = vocab_parallel.unwrap_classes(bias, 0, "bias")
+    if (bias_shard is not None or shard is not None) and bias is not None and (
+            bias_shard is None or shard is None or bias_shard.classes != shard.classes):
+        raise InvalidValueError("bias must be sharded over the vocabulary as weight is (both "
+                                "Shard(0) on the same mesh dimension), or both be whole")
+    hidden = vocab_parallel.whole_replicated(hidden, "hidden")
+    target, class_weight, num_items = (vocab_parallel.whole(t, what) for t, what in (
+        (target, "target"), (class_weight, "class_weight"), (num_items, "num_items")))
     options = checked_options(ignore_index=ignore_index, label_smoothing=label_smoothing,
                               logit_scale=logit_scale, softcap=softcap, reduction=reduction,
                               z_loss=z_loss, num_items=num_items)
-    rows, flat_target, out_shape = _as_rows(hidden, weight, target, bias)
-    class_weight = check_class_weight(class_weight, weight.shape[0], rows)
+    rows, flat_target, out_shape = _as_rows(hidden, weight, target, bias,
+                                            one_slice=shard is not None)
+    n_classes = shard.classes.total if shard is not None else weight.shape[0]
+    class_weight = check_class_weight(class_weight, n_classes, rows)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise InvalidValueError(f"chunk_size={chunk_size!r}: must be an int >= 1, or None for the "
                                 f"default from the memory budget")
 
-    # the op's schema lists the options in RowOptions' order (cross_entropy_ops)
-    ce, lse = linear_cross_entropy_rows(rows, weight, bias, flat_target, class_weight, *options,
-                                        int(chunk_size or 0))
+    if shard is not None:
+        ce, lse = vocab_parallel.linear_rows(rows, weight, bias, flat_target, class_weight,
+                                             options, int(chunk_size or 0), shard)
+    else:  # the op's schema lists the options in RowOptions' order (cross_entropy_ops)
+        ce, lse = linear_cross_entropy_rows(rows, weight, bias, flat_target, class_weight,
+                                            *options, int(chunk_size or 0))
     return assemble_loss(ce, lse, flat_target, weight=class_weight, ignore_index=ignore_index,
                          reduction=reduction, z_loss=z_loss, num_items=num_items,
                          out_shape=out_shape, return_lse=return_lse)
@@ -135,8 +153,10 @@ def _check_tensor(value, name: str, what: str) -> None:
                                f"{type(value).__name__}")
 
 
-def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
-    """``(N, H)`` hidden rows, ``(N,)`` targets and the shape of a per-token loss."""
+def _as_rows(hidden, weight, target, bias,
+             one_slice: bool = False) -> tuple[Tensor, Tensor, torch.Size]:
+    """``(N, H)`` hidden rows, ``(N,)`` targets and the shape of a per-token loss. ``one_slice``:
+    ``weight`` is one rank's slice of the vocabulary, which may hold no class."""
     _check_tensor(hidden, "hidden", "the (*, H) inputs of the head")
     _check_tensor(weight, "weight", "the (V, H) projection, as nn.Linear stores it")
     _check_tensor(target, "target", "class indices")
@@ -149,7 +169,7 @@ def _as_rows(hidden, weight, target, bias) -> tuple[Tensor, Tensor, torch.Size]:
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise InvalidValueError(f"weight must have shape (V, H) with H = hidden.shape[-1] = "
                                 f"{hidden.shape[-1]}, got {tuple(weight.shape)}")
-    if weight.shape[0] == 0:
+    if weight.shape[0] == 0 and not one_slice:
         raise InvalidValueError("weight has 0 rows (V = 0 classes); cross-entropy needs at "
                                 "least one")
     for name, other in (("weight", weight), ("bias", bias)):

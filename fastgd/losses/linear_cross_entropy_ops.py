@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from .. import backend
-from .cross_entropy_ops import RowOptions, check_target_range, rows_backward_into, rows_forward
+from .cross_entropy_ops import (ClassSlice, RowOptions, check_target_range, rows_backward_into,
+                                rows_forward, shard_rows_forward)
 from ..dtypes import compute_dtype
 from ..launch_config import linear_cross_entropy_chunk
 
@@ -146,8 +147,33 @@ def _forward_pass(hidden, weight, bias, target, class_weight, options, chunk_siz
     return ce, lse
 
 
-def _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse, options,
-                   chunk_size, need_hidden, need_weight, need_bias):
+def shard_forward_pass(hidden, weight, bias, target, class_weight, options, chunk_size,
+                       classes: ClassSlice) -> tuple[Tensor, Tensor, Tensor]:
+    """This rank's parts ``(lse_r, zt_r, wz_r)`` of a vocabulary-parallel row (see
+    ``fastgd/kernels/cross_entropy.py``), ``weight`` and ``bias`` being the rank's slice
+    ``classes`` of the LM head: the same chunks as :func:`_forward_pass`."""
+    n_rows = hidden.shape[0]
+    parts = tuple(torch.empty(n_rows, dtype=compute_dtype(hidden.dtype), device=hidden.device)
+                  for _ in range(3))
+    if n_rows == 0:
+        return parts
+    rows = plan_chunks(hidden, weight, chunk_size).rows
+    buffer = torch.empty(rows, weight.shape[0], dtype=hidden.dtype, device=hidden.device)
+    for start, stop in _chunks(n_rows, rows):
+        logits = _logits_into(buffer[: stop - start], hidden[start:stop], weight, bias)
+        chunk_parts = shard_rows_forward(logits, target[start:stop], class_weight, options,
+                                         classes)
+        for whole, part in zip(parts, chunk_parts):
+            whole[start:stop] = part
+    return parts
+
+
+def backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse, options,
+                  chunk_size, need_hidden, need_weight, need_bias,
+                  classes: Optional[ClassSlice] = None):
+    """``(d_hidden, d_weight, d_bias)``, each an empty tensor where not needed; for a slice
+    ``classes`` of the vocabulary (``weight`` and ``bias`` the slice's), ``lse`` is the whole
+    rows' and ``d_hidden`` this slice's share of the gradient (to be summed over the slices)."""
     n_rows, n_classes = hidden.shape[0], weight.shape[0]
     compute = compute_dtype(hidden.dtype)
     device = hidden.device
@@ -162,7 +188,7 @@ def _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, gra
         grad = _logits_into(buffer[: stop - start], h_chunk, weight, bias)
         rows_backward_into(  # in place: the chunk's logits become their gradient
             grad, grad, target[start:stop], class_weight, lse[start:stop], grad_ce[start:stop],
-            grad_lse[start:stop] if grad_lse is not None else None, options)
+            grad_lse[start:stop] if grad_lse is not None else None, options, classes)
         if need_hidden:
             torch.mm(grad, weight, out=d_hidden[start:stop])
         if need_weight:
@@ -226,7 +252,7 @@ def linear_cross_entropy_rows_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(d_hidden, d_weight, d_bias)``; each is an empty tensor when not asked for."""
     options = RowOptions(ignore_index, label_smoothing, logit_scale, softcap)
-    return _backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse,
+    return backward_pass(hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse,
                           options, chunk_size, need_hidden, need_weight, need_bias and
                           bias is not None)
 

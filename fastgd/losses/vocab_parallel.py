@@ -29,6 +29,7 @@ from .. import backend, guard
 from ..errors import InvalidValueError
 from .cross_entropy_ops import (ClassSlice, RowOptions, check_target_range, rows_backward_into,
                                 shard_rows_forward)
+from .linear_cross_entropy_ops import backward_pass, shard_forward_pass
 
 
 class VocabShard(NamedTuple):
@@ -39,16 +40,17 @@ class VocabShard(NamedTuple):
     group: object  # torch.distributed.ProcessGroup
 
 
-def unwrap_logits(input: Tensor, what: str = "input") -> tuple[Tensor, Optional[VocabShard]]:
-    """``(local logits, shard)`` of a DTensor sharded over its class dimension (dimension 1, or
-    0 for ``(C,)`` logits) on one mesh dimension and replicated on the others; ``shard`` is None
-    for a plain tensor or a replicated DTensor (whose local tensor is the whole)."""
+def unwrap_classes(input: Tensor, class_dim: int,
+                   what: str) -> tuple[Tensor, Optional[VocabShard]]:
+    """``(local tensor, shard)`` of a DTensor sharded over its class dimension ``class_dim``
+    (1 of ``(N, C)`` logits, 0 of a ``(V, H)`` LM head) on one mesh dimension and replicated on
+    the others; ``shard`` is None for a plain tensor or a replicated DTensor (whose local tensor
+    is the whole)."""
     if not guard.is_dtensor(input):
         return input, None
     from torch.distributed.tensor import Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    class_dim = 0 if input.dim() == 1 else 1
     vocab_dims, others = [], []
     for mesh_dim, placement in enumerate(input.placements):
         if type(placement) is Shard and placement.dim % input.dim() == class_dim:
@@ -81,6 +83,20 @@ def whole(t, what: str):
         raise InvalidValueError(f"{what} is a DTensor with a Partial placement {t.placements}; "
                                 f"reduce it first ({what}.full_tensor())")
     return t.full_tensor()  # a gather of N integers: small next to the logits
+
+
+def whole_replicated(t, what: str):
+    """A DTensor argument every rank needs whole and differentiable (the hidden states): its
+    replicated local tensor, whose gradient flows back through the redistribution; a plain
+    tensor as it is."""
+    if not guard.is_dtensor(t):
+        return t
+    if any(placement.is_partial() for placement in t.placements):
+        raise InvalidValueError(f"{what} is a DTensor with a Partial placement {t.placements}; "
+                                f"reduce it first")
+    from torch.distributed.tensor import Replicate
+
+    return t.redistribute(t.device_mesh, [Replicate()] * t.device_mesh.ndim).to_local()
 
 
 def rows(logits: Tensor, target: Tensor, weight: Optional[Tensor], options: RowOptions,
@@ -138,3 +154,43 @@ class _VocabParallelRows(torch.autograd.Function):
         rows_backward_into(grad, logits, target, weight, lse, grad_ce, grad_lse, ctx.options,
                            ctx.shard.classes)
         return grad, None, None, None, None
+
+
+def linear_rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor,
+                class_weight: Optional[Tensor], options: RowOptions, chunk_size: int,
+                shard: VocabShard) -> tuple[Tensor, Tensor]:
+    """Per-row ``(ce, lse)`` of the whole rows of ``hidden @ W.T + b``, from this rank's slice
+    ``weight``/``bias`` of the LM head (chunked, the logits never whole); ``hidden`` is the same
+    on every rank of ``shard.group``. Differentiable in all three; ``hidden``'s gradient is
+    summed over the group (each slice contributes its share)."""
+    return _VocabParallelLinearRows.apply(hidden, weight, bias, target, class_weight, options,
+                                          chunk_size, shard)
+
+
+class _VocabParallelLinearRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, class_weight, options, chunk_size, shard):
+        if backend.can_check_on_host(target):
+            check_target_range(target, shard.classes.total, options.ignore_index)
+        parts = shard_forward_pass(hidden, weight, bias, target, class_weight, options,
+                                   chunk_size, shard.classes)
+        ce, lse = _combine(*parts, target, class_weight, options, shard)
+        ctx.save_for_backward(hidden, weight, bias, target, class_weight, lse)
+        ctx.options, ctx.chunk_size, ctx.shard = options, chunk_size, shard
+        ctx.set_materialize_grads(False)
+        return ce, lse
+
+    @staticmethod
+    def backward(ctx, grad_ce, grad_lse):
+        hidden, weight, bias, target, class_weight, lse = ctx.saved_tensors
+        grad_ce = grad_ce.contiguous() if grad_ce is not None else torch.zeros_like(lse)
+        grad_lse = grad_lse.contiguous() if grad_lse is not None else None
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        d_hidden, d_weight, d_bias = backward_pass(
+            hidden, weight, bias, target, class_weight, lse, grad_ce, grad_lse, ctx.options,
+            ctx.chunk_size, need_hidden, need_weight, need_bias and bias is not None,
+            ctx.shard.classes)
+        if need_hidden:  # every slice of the vocabulary adds its share: one all-reduce of N x H
+            torch.distributed.all_reduce(d_hidden, group=ctx.shard.group)
+        return (d_hidden if need_hidden else None, d_weight if need_weight else None,
+                d_bias if need_bias and bias is not None else None) + (None,) * 5
