@@ -39,5 +39,7 @@ timeout 300 python3 -m pytest tests -q -ra --durations=15 --junitxml="$out/tests
 if [ -f bench/__main__.py ]; then
   timeout 120 python3 -m bench --quick --out-parent "$out" 2>&1 | tee "$out/bench.log" || status=1
 fi
+# Host time of step() on FSDP2 parameters (one NCCL rank: the host work is per rank).
+timeout 60 python3 -m bench.fsdp_host_time --ranks 1 --steps 10 > "$out/fsdp_host_time.md" 2>&1 || status=1
 echo "gpu_check: exit $status" | tee -a "$out/environment.txt"
 exit $status

@@ -4,12 +4,13 @@ and the plot, print the summary and a text sample."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 import fastgd
 
-from . import data, memory
+from . import data, memory, parallel
 from .config import Config, ConfigError, Diverged, with_overrides
 from .metrics import write_csv
 from .model import generate
@@ -23,17 +24,35 @@ from .train import resolve_device, run_dir, train
 def run(cfg: Config, quiet: bool = False) -> int:
     """Exit status: 0 when done (early stop included), 128 + the signal's number when stopped by
     Ctrl-C (130) or SIGTERM (143). Raises :class:`Diverged` after writing the results of a run
-    whose loss became nan or inf."""
-    device = _device(cfg)
+    whose loss became nan or inf.
+
+    With ``cfg.fsdp`` this is one process of a torchrun launch: it joins the process group for
+    the run's duration, and only rank 0 prints and writes files."""
+    if not cfg.fsdp:
+        return _run(cfg, quiet, _device(cfg), None)
+    parallel.check_launched()  # before anything else: the error says how to launch it
+    device = parallel.device_for(_device(cfg).type)
+    with parallel.process_group(device, cfg.batch_size) as group:
+        return _run(cfg, quiet or not group.is_main, device, group)
+
+
+def _run(cfg: Config, quiet: bool, device: torch.device,
+         group: Optional[parallel.Parallel]) -> int:
     memory.check_fits(cfg, device)
     say = (lambda *a: None) if quiet else print
     corpus = data.load_corpus(cfg.data)
     data.check_fits(corpus, cfg.context)
-    _claim_out(cfg)  # after every check that can refuse: --overwrite deletes
+    # after every check that can refuse: --overwrite deletes
+    if group is None:
+        _claim_out(cfg)
+    else:
+        group.main_then_agree(lambda: _claim_out(cfg))
     say(f"corpus: {corpus.description}")
     say(f"        {corpus.n_train_files} training files ({corpus.train.numel():,} bytes), "
         f"{corpus.n_val_files} held out for validation ({corpus.val.numel():,} bytes)")
     say(_setup_line(cfg, device))
+    if group is not None:
+        say(_fsdp_line(cfg, group))
 
     reporter = make_reporter(cfg.progress, quiet)
     stacks = ["fastgd", "torch"] if cfg.compare else ["fastgd"]
@@ -43,30 +62,37 @@ def run(cfg: Config, quiet: bool = False) -> int:
     with stop.catching_signals():
         for stack in stacks:
             run_cfg = with_overrides(cfg, resume=stack in resumable)
-            results.append(train(run_cfg, stack, corpus, device, reporter, stop))
+            results.append(train(run_cfg, stack, corpus, device, reporter, stop, group))
             if results[-1].interrupted or results[-1].diverged:
                 break
 
     out = Path(cfg.out)
-    write_csv(out / "metrics.csv", [r.tracker for r in results])
-    problem = save_plot(out / "demo.png", [r.tracker for r in results],
-                        _title(cfg, device, results))
+    problem = None
+    if group is None or group.is_main:  # the other ranks hold the same curves
+        write_csv(out / "metrics.csv", [r.tracker for r in results])
+        problem = save_plot(out / "demo.png", [r.tracker for r in results],
+                            _title(cfg, device, results))
     say("")
     say(summary_table(results))
     if len(results) == 2:
         for line in comparison_lines(*results):
             say(line)
+    saved = (f"{out}/<run>/best.pt, last.pt" if group is None
+             else "none (--fsdp writes no checkpoints)")
     say(f"metrics: {out / 'metrics.csv'}   plot: {problem or out / 'demo.png'}   "
-        f"checkpoints: {out}/<run>/best.pt, last.pt")
+        f"checkpoints: {saved}")
     if results[-1].diverged:
         raise Diverged(results[-1].diverged)
     if results[-1].interrupted:
-        say(f"interrupted at step {results[-1].steps_done}; checkpoint saved. Continue with the "
-            f"same command and --resume.")
+        say(f"interrupted at step {results[-1].steps_done}; " + (
+            "checkpoint saved. Continue with the same command and --resume." if group is None
+            else "--fsdp saved no checkpoint to continue from."))
         return stop.exit_status
     if cfg.sample_bytes:
-        say("\n--- sample from the fastgd run's best checkpoint "
+        weights = "best checkpoint" if group is None else "last weights (--fsdp)"
+        say(f"\n--- sample from the fastgd run's {weights} "
             "(the first line of held-out text as the prompt) ---")
+        # every rank generates: each forward of the sharded model gathers its parameters
         say(_sample(results[0].model, corpus, cfg))
     return 0
 
@@ -130,6 +156,13 @@ def _setup_line(cfg: Config, device: torch.device) -> str:
             f"{cfg.context}; {cfg.steps} steps ({cfg.warmup_steps} of warmup) x "
             f"{cfg.tokens_per_step:,} tokens "
             f"({cfg.batch_size} x {cfg.accum} x {cfg.context})")
+
+
+def _fsdp_line(cfg: Config, group: parallel.Parallel) -> str:
+    backend = "nccl" if group.device.type == "cuda" else "gloo"
+    return (f"fsdp: {group.world_size} processes ({backend}), FSDP2 on each block and the "
+            f"model; each trains on {cfg.batch_size // group.world_size} of the "
+            f"{cfg.batch_size} sequences of each micro-batch")
 
 
 def _title(cfg: Config, device: torch.device, results) -> str:

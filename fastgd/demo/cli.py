@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "that holds a run is refused)")
     run.add_argument("--compare", action="store_true", default=NOT_GIVEN,
                      help="also run torch's cross_entropy + AdamW with the same seed, one plot")
+    run.add_argument("--fsdp", action="store_true", default=NOT_GIVEN,
+                     help="data parallel with FSDP2, one process per device: launch with "
+                          "`torchrun --nproc-per-node N -m fastgd.demo --fsdp` (NCCL on GPUs, "
+                          "gloo on CPUs); --batch-size is the global micro-batch, split across "
+                          "the processes, so the curves match one process's; only rank 0 prints "
+                          "and writes metrics.csv and demo.png; no checkpoints are written")
     run.add_argument("--log-every", type=int, help=f"steps between logged losses [{d.log_every}]")
     run.add_argument("--sample-bytes", type=int,
                      help=f"length of the text sample printed at the end [{d.sample_bytes}]")

@@ -52,6 +52,7 @@ class Config:
     resume: bool = False
     overwrite: bool = False  # replace the run already in --out (without it, refuse)
     compare: bool = False
+    fsdp: bool = False  # data parallel with FSDP2, one process per device, under torchrun
     log_every: int = 10
     sample_bytes: int = 300
     progress: bool = True
@@ -123,6 +124,9 @@ def check(cfg: Config) -> None:
         _at_least(cfg, 0, "warmup")
         if cfg.warmup >= cfg.steps:
             raise ConfigError(f"--warmup {cfg.warmup} must be smaller than --steps {cfg.steps}")
+    if cfg.fsdp and cfg.resume:
+        raise ConfigError("--fsdp writes no checkpoints, so there is nothing to --resume; train "
+                          "without --fsdp to get resumable checkpoints")
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume continues the run in --out, --overwrite replaces it: pass "
                           "one of them")

@@ -27,8 +27,8 @@ class Reporter:
     def logged(self, row: Row) -> None:
         self._previous = row
 
-    def evaluated(self, row: Row, is_best: bool) -> None:
-        mark = "  (best so far, saved)" if is_best else ""
+    def evaluated(self, row: Row, is_best: bool, saved: bool = True) -> None:
+        mark = ("  (best so far, saved)" if saved else "  (best so far)") if is_best else ""
         train = "" if row.train_loss is None else f"  train {row.train_loss:.4f}"
         self.say(f"[{self.run}] step {row.step:5d}{train}  val {row.val_loss:.4f}{mark}")
 

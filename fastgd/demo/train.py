@@ -6,6 +6,10 @@ the loop reads the loss anyway -- each logged row (the mean of the steps since t
 which is non-finite when any of them was) and each evaluation -- so training adds no host sync
 per step. No checkpoint is written after a non-finite loss: ``best.pt`` and ``last.pt`` keep the
 last finite state.
+
+Under ``--fsdp`` (a :class:`~.parallel.Parallel` given) the model is sharded with FSDP2, each rank
+trains on its rows of the global batch, the logged losses are summed across ranks, and no
+checkpoint is written (nor resumed from).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from . import checkpoint, data, recipe
 from .config import Config
 from .metrics import Tracker
 from .model import TinyGPT
+from .parallel import Parallel, shard_eval_windows
 from .stop import StopRequest
 
 
@@ -31,7 +36,7 @@ from .stop import StopRequest
 class RunResult:
     stack: str
     tracker: Tracker
-    model: TinyGPT  # with the best checkpoint's weights loaded
+    model: TinyGPT  # with the best checkpoint's weights loaded (the last weights under --fsdp)
     steps_done: int
     tokens_per_s: float  # training tokens per second of training time (evaluations excluded)
     wall_time_s: float  # this session's time, evaluations and checkpoints included
@@ -48,23 +53,30 @@ def run_dir(cfg: Config, stack: str) -> Path:
 
 
 def train(cfg: Config, stack: str, corpus: data.Corpus, device: torch.device,
-          reporter, stop: Optional[StopRequest] = None) -> RunResult:
+          reporter, stop: Optional[StopRequest] = None,
+          parallel: Optional[Parallel] = None) -> RunResult:
     """Train ``stack``'s run of ``cfg`` (resuming it when ``cfg.resume``); stops at
-    ``cfg.steps``, on early stopping, at the step boundary after Ctrl-C or SIGTERM, or at the
-    first logged loss that is not finite."""
+    ``cfg.steps``, on early stopping, at the step boundary after Ctrl-C or SIGTERM (under
+    ``parallel``: at the next logged step, which all ranks agree on), or at the first logged
+    loss that is not finite."""
     forced = fastgd.force_backend("torch") if cfg.backend == "torch" else contextlib.nullcontext()
     with forced:
-        return _Run(cfg, stack, corpus, device, reporter, stop or StopRequest()).loop()
+        return _Run(cfg, stack, corpus, device, reporter, stop or StopRequest(),
+                    parallel).loop()
 
 
 class _Run:
-    def __init__(self, cfg, stack, corpus, device, reporter, stop) -> None:
+    def __init__(self, cfg, stack, corpus, device, reporter, stop, parallel=None) -> None:
         self.wall_start = time.perf_counter()
         self.cfg, self.stack, self.corpus, self.device = cfg, stack, corpus, device
-        self.reporter, self.stop = reporter, stop
-        torch.manual_seed(cfg.seed)  # same initial weights and dropout masks for both stacks
+        self.reporter, self.stop, self.parallel = reporter, stop, parallel
+        # Same initial weights and dropout masks for both stacks -- and on every rank, so the
+        # sharded model starts from the weights of a one-process run.
+        torch.manual_seed(cfg.seed)
         self.model = TinyGPT(data.VOCAB_SIZE, cfg.context, cfg.dim, cfg.layers, cfg.heads,
                              cfg.dropout).to(device)
+        if parallel is not None:
+            parallel.shard(self.model)  # before the optimizer: it must hold the DTensors
         self.update = recipe.make_update(stack, self.model, cfg.lr, cfg.weight_decay,
                                          cfg.max_grad_norm)
         self.schedule = recipe.make_schedule(self.update.optimizer, cfg.warmup_steps, cfg.steps)
@@ -75,8 +87,12 @@ class _Run:
         self.out = run_dir(cfg, stack)
         self.autocast = _autocast(cfg, device)
         starts = data.eval_starts(corpus.val, cfg.eval_sequences, cfg.context)
-        self.val_x, self.val_y = (t.to(device) for t in data.windows(corpus.val, starts,
-                                                                      cfg.context))
+        val_x, val_y = data.windows(corpus.val, starts, cfg.context)
+        self.val_count = torch.tensor(val_y.numel(), device=device)  # all ranks' targets
+        self.val_x, self.val_y = (t.to(device) for t in shard_eval_windows(val_x, val_y,
+                                                                            parallel))
+        self.world_size = parallel.world_size if parallel else 1
+        self.stop_agreed = False  # under --fsdp: a stop all ranks saw at the last logged step
         self.loss_sum = torch.zeros((), device=device)  # training losses since the last row
         self.steps_in_sum = 0
         self.saved_at: Optional[int] = None  # the step last.pt holds
@@ -118,7 +134,7 @@ class _Run:
             if self.tracker.should_stop:
                 stopped_early = True
                 break
-            if self.stop.requested:
+            if self.stop.requested if self.parallel is None else self.stop_agreed:
                 interrupted = True
                 break
             grad_norm = self._train_step()
@@ -135,7 +151,7 @@ class _Run:
                 if self.diverged:
                     break
                 tick = time.perf_counter()
-        if interrupted:
+        if interrupted and self.parallel is None:  # under --fsdp a stop follows a logged step
             self._check_unlogged_steps()
         if not self.diverged and (self.saved_at != self.step or interrupted):
             self._save("last.pt")
@@ -149,6 +165,11 @@ class _Run:
                                 cfg.batch_size * cfg.accum, cfg.context)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         num_items = (y != -100).sum()  # tokens of the whole accumulated batch, on the device
+        if self.parallel is not None:
+            x, y = self.parallel.rows(x), self.parallel.rows(y)
+            # FSDP averages the ranks' gradients: normalised by a world_size-th of the global
+            # count, their mean is the gradient of the global batch's mean loss.
+            num_items = num_items / self.world_size
         for xm, ym in zip(x.chunk(cfg.accum), y.chunk(cfg.accum)):
             with self.autocast:
                 loss = self.loss_fn(self.model(xm), self.model.head_weight, ym, num_items)
@@ -166,7 +187,7 @@ class _Run:
         row = self.tracker.log(
             step=self.step, tokens=self.step * self.cfg.tokens_per_step,
             elapsed_s=self.train_time, lr=self.schedule.get_last_lr()[0],
-            train_loss=(self.loss_sum / self.steps_in_sum).item(),
+            train_loss=self._mean_train_loss(),
             grad_norm=float(grad_norm) if grad_norm is not None else None)
         self.loss_sum.zero_()
         self.steps_in_sum = 0
@@ -175,6 +196,17 @@ class _Run:
             self._diverge(f"the mean training loss of the steps up to {self.step} is "
                           f"{row.train_loss}")
         return row
+
+    def _mean_train_loss(self) -> float:
+        """The mean training loss since the last row (read here only: one sync per row). Under
+        --fsdp the ranks' sums and stop requests travel in one all-reduce: every rank then
+        stops at the same step, as the collectives of FSDP need."""
+        if self.parallel is None:
+            return (self.loss_sum / self.steps_in_sum).item()
+        stop = torch.tensor(float(self.stop.requested), device=self.device)
+        loss_sum, stops = self.parallel.sum(torch.stack([self.loss_sum, stop])).tolist()
+        self.stop_agreed = stops > 0
+        return loss_sum / self.world_size / self.steps_in_sum
 
     def _check_unlogged_steps(self) -> None:
         """Before a checkpoint between logged rows: the losses not logged yet, and the weights
@@ -193,8 +225,12 @@ class _Run:
 
     def _evaluate(self, row) -> None:
         """Validation loss into ``row``; checkpoints: ``best.pt`` on a new best, ``last.pt``."""
-        row.val_loss = evaluate(self.model, self.eval_loss_fn, self.val_x, self.val_y,
-                                self.cfg.batch_size, self.autocast)
+        total = evaluation_sum(self.model, self.eval_loss_fn, self.val_x, self.val_y,
+                               self.val_count, self.cfg.batch_size // self.world_size,
+                               self.autocast)
+        if self.parallel is not None:  # each rank summed its windows over all ranks' count
+            total = self.parallel.sum(total)
+        row.val_loss = total.item()
         if not math.isfinite(row.val_loss):
             self._diverge(f"the validation loss at step {self.step} is {row.val_loss}")
             self.reporter.evaluated(row, False)
@@ -203,9 +239,11 @@ class _Run:
         if is_best:
             self._save("best.pt")
         self._save("last.pt")
-        self.reporter.evaluated(row, is_best)
+        self.reporter.evaluated(row, is_best, saved=self.parallel is None)
 
     def _save(self, name: str) -> None:
+        if self.parallel is not None:  # --fsdp writes no checkpoints (the CLI says so)
+            return
         checkpoint.save(self.out / name, cfg=self.cfg, stack=self.stack, step=self.step,
                         model=self.model, optimizer=self.update.optimizer,
                         schedule=self.schedule, tracker=self.tracker,
@@ -215,7 +253,7 @@ class _Run:
 
     def _result(self, stopped_early: bool, interrupted: bool) -> RunResult:
         best = self.out / "best.pt"
-        if best.is_file():
+        if self.parallel is None and best.is_file():
             state = checkpoint.load(best, self.cfg, self.stack, map_location=self.device)
             self.model.load_state_dict(state["model"])
         peak, memory_kind = _peak_memory(self.device)
@@ -229,19 +267,25 @@ class _Run:
             stopped_early=stopped_early, interrupted=interrupted, diverged=self.diverged)
 
 
-@torch.no_grad()
 def evaluate(model, loss_fn, val_x, val_y, batch_size, autocast) -> float:
     """Mean cross-entropy (nats per byte) over the fixed validation windows."""
+    count = torch.tensor(val_y.numel(), device=val_y.device)
+    return evaluation_sum(model, loss_fn, val_x, val_y, count, batch_size, autocast).item()
+
+
+@torch.no_grad()
+def evaluation_sum(model, loss_fn, val_x, val_y, count, batch_size, autocast) -> torch.Tensor:
+    """The cross-entropy of these windows summed and divided by ``count`` (a device tensor, no
+    sync): the mean when they are all the windows, one rank's part of it under --fsdp."""
     was_training = model.training
     model.eval()
-    count = torch.tensor(val_y.numel(), device=val_y.device)
     total = torch.zeros((), device=val_y.device)
     for start in range(0, val_x.shape[0], batch_size):
         with autocast:
             hidden = model(val_x[start:start + batch_size])
             total += loss_fn(hidden, model.head_weight, val_y[start:start + batch_size], count)
     model.train(was_training)
-    return total.item()
+    return total
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,9 +10,10 @@ process group with two all-reduces of N-vectors (never a gather of the ``N x V``
     (S, z_t, sum_c w_c z_c) = sum_r (exp(lse_r - M), zt_r, wz_r)    all-reduce SUM of 3N values
     lse = M + log S
 
-then ``ce`` of the whole row exactly as the single-device kernel writes it. Per rank and forward
-that is ``4N`` bytes (MAX) plus ``12N`` bytes (SUM) in float32 sent into the all-reduces, against
-``N x V x b`` for gathering the logits. The backward is local: each rank writes the gradient of
+(the third part, for label smoothing, travels only when ``label_smoothing > 0``), then ``ce`` of
+the whole row exactly as the single-device kernel writes it. Per rank and forward that is ``4N``
+bytes (MAX) plus ``8N`` bytes (SUM; ``12N`` with smoothing) of float32 into the all-reduces,
+against ``N x V x b`` for gathering the logits. The backward is local: each rank writes the gradient of
 its own slice from the whole row's ``lse`` (no communication), a ``DTensor`` with the logits'
 placements.
 
@@ -114,7 +115,10 @@ def _combine(lse_r, target_z, weighted_z, target, weight, options: RowOptions,
     dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=shard.group)
     # a row of -inf only (a masked vocabulary): shift by 0, as the kernel, not by -inf
     shift = torch.where(row_max == float("-inf"), 0.0, row_max)
-    sums = torch.stack((torch.exp(lse_r - shift), target_z, weighted_z))
+    # the smoothing term travels only when it is used: 2N values instead of 3N otherwise
+    smoothing = options.label_smoothing > 0
+    parts = (torch.exp(lse_r - shift), target_z) + ((weighted_z,) if smoothing else ())
+    sums = torch.stack(parts)
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=shard.group)
     lse = shift + torch.log(sums[0])
     total = shard.classes.total
@@ -125,7 +129,7 @@ def _combine(lse_r, target_z, weighted_z, target, weight, options: RowOptions,
     else:
         w_t = torch.ones((), dtype=lse.dtype, device=lse.device)
     ce = (1.0 - options.label_smoothing) * w_t * (lse - sums[1])
-    if options.label_smoothing > 0:
+    if smoothing:
         w_sum = weight.sum() if weight is not None else float(total)
         ce = ce + options.label_smoothing / total * (w_sum * lse - sums[2])
     ce = torch.where(ignored, 0.0, torch.where(in_range, ce, float("nan")))
