@@ -11,7 +11,7 @@ the fix.
 """
 from __future__ import annotations
 
-import functools
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -20,29 +20,12 @@ from torch import Tensor
 from .errors import InvalidTypeError, InvalidValueError
 
 
-@functools.lru_cache(maxsize=None)
-def dtensor_type() -> Optional[type]:
-    """``torch.distributed.tensor.DTensor``, or None where torch.distributed is not built."""
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
-
-
 def is_dtensor(t) -> bool:
-    cls = dtensor_type()
-    return cls is not None and isinstance(t, cls)
-
-
-def refuse_dtensors(function: str, **tensors) -> None:
-    """Raise for a DTensor argument of a function that does not take them yet, naming it."""
-    for what, t in tensors.items():
-        if is_dtensor(t):
-            raise InvalidTypeError(
-                f"{function}: {what} is a DTensor (placements {t.placements}); sharded inputs "
-                f"are not supported yet -- pass {what}.full_tensor(), or compute the logits and "
-                f"pass them, sharded over the vocabulary, to fastgd.cross_entropy")
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor``. Until that module is imported no
+    DTensor can exist, so it is looked up in ``sys.modules`` rather than imported here (an
+    import would cost every ``import fastgd``; a cache would be state)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def require_tensor(

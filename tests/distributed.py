@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 
@@ -35,8 +36,16 @@ def _rank_main(rank: int, fn, world_size: int, rendezvous: str, args: tuple) -> 
                             world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        dist.barrier()  # no rank tears down while another still has collectives in flight
     finally:
         dist.destroy_process_group()
+    # A rank that succeeded leaves without the interpreter's finalisation: gloo's worker threads
+    # can still hold work objects then, and tearing them down at exit sometimes aborts the
+    # process (SIGABRT, "terminate called without an active exception"; pytorch#179291),
+    # failing a test that passed. (A rank that raised goes on to spawn's error report.)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> None:

@@ -28,12 +28,14 @@ def make_inputs(n, h, v, dtype, device, seed=0, ignore_some=True, batch=None):
                  for x in (hidden, weight, bias, target, class_weight))
 
 
-def materialised(hidden, weight, target, bias=None, class_weight=None, chunk_size=None, **opts):
-    """The reference: whole logits, then the cross-entropy of fastgd's documented semantics."""
-    logits = F.linear(hidden, weight, bias)
+def materialised(hidden, head, target, *, linear_bias=None, weight=None, chunk_size=None,
+                 **opts):
+    """The reference: whole logits, then the cross-entropy of fastgd's documented semantics
+    (arguments named as ``linear_cross_entropy``'s: ``weight`` holds the per-class weights)."""
+    logits = F.linear(hidden, head, linear_bias)
     out = reference_cross_entropy(
-        logits.reshape(-1, weight.shape[0]), target.reshape(-1),
-        class_weight.to(logits.dtype) if class_weight is not None else None, **opts)
+        logits.reshape(-1, head.shape[0]), target.reshape(-1),
+        weight.to(logits.dtype) if weight is not None else None, **opts)
     loss, lse = out if opts.get("return_lse") else (out, None)
     if opts.get("reduction") == "none":
         loss = loss.reshape(target.shape)
@@ -42,11 +44,12 @@ def materialised(hidden, weight, target, bias=None, class_weight=None, chunk_siz
     return loss
 
 
-def loss_and_grads(fn, hidden, weight, target, bias, upstream, **opts):
-    """Loss and (d_hidden, d_weight, d_bias) of ``sum(loss * upstream) (+ 0.3 * sum(lse))``."""
+def loss_and_grads(fn, hidden, head, target, bias, upstream, **opts):
+    """Loss and (d_hidden, d_weight, d_bias) of ``sum(loss * upstream) (+ 0.3 * sum(lse))``
+    (``head``: the projection; ``opts`` may hold ``weight``, the per-class weights)."""
     leaves = [x.detach().clone().requires_grad_() if x is not None else None
-              for x in (hidden, weight, bias)]
-    out = fn(leaves[0], leaves[1], target, leaves[2], **opts)
+              for x in (hidden, head, bias)]
+    out = fn(leaves[0], leaves[1], target, linear_bias=leaves[2], **opts)
     loss, lse = out if opts.get("return_lse") else (out, None)
     total = (loss * upstream.to(loss.dtype)).sum()
     if lse is not None:  # send a gradient through lse too
@@ -62,18 +65,18 @@ def upstream_for(target, reduction, seed=1):
     return (torch.rand(shape, generator=gen, dtype=torch.float64) + 0.5).to(target.device)
 
 
-def check_against_materialised(hidden, weight, target, bias, dtype, **opts):
+def check_against_materialised(hidden, head, target, bias, dtype, **opts):
     """fastgd.linear_cross_entropy's loss and gradients are within the accuracy rule of the
     float64 truth computed from materialised logits."""
     upstream = upstream_for(target, opts.get("reduction", "mean"))
-    ours_loss, ours_grads = loss_and_grads(fastgd.linear_cross_entropy, hidden, weight, target,
+    ours_loss, ours_grads = loss_and_grads(fastgd.linear_cross_entropy, hidden, head, target,
                                            bias, upstream, **opts)
-    same_loss, same_grads = loss_and_grads(materialised, hidden, weight, target, bias, upstream,
+    same_loss, same_grads = loss_and_grads(materialised, hidden, head, target, bias, upstream,
                                            **opts)
-    up = [x.double() if x is not None else None for x in (hidden, weight, bias)]
+    up = [x.double() if x is not None else None for x in (hidden, head, bias)]
     truth_opts = dict(opts)
-    if truth_opts.get("class_weight") is not None:
-        truth_opts["class_weight"] = truth_opts["class_weight"].double()
+    if truth_opts.get("weight") is not None:
+        truth_opts["weight"] = truth_opts["weight"].double()
     true_loss, true_grads = loss_and_grads(materialised, up[0], up[1], target, up[2], upstream,
                                            **truth_opts)
     assert ours_loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)

@@ -307,7 +307,7 @@ def test_linear_cross_entropy_with_no_features_is_the_bias_loss(path, device):
     t = torch.tensor([[0, 1, 2], [3, 4, 0]], device=device)
     ours_b, ref_b = (bias.clone().requires_grad_() for _ in range(2))
     with _on(path):
-        ours = fastgd.linear_cross_entropy(hidden, weight, t, ours_b)
+        ours = fastgd.linear_cross_entropy(hidden, weight, t, linear_bias=ours_b)
     ours.backward()
     ref = F.cross_entropy(F.linear(hidden, weight, ref_b).flatten(0, 1), t.flatten())
     ref.backward()

@@ -181,8 +181,6 @@ def _linear_compare(rank, world_size, backend_name, n_classes, sequence_sharded)
     for index, case in enumerate(CASES):
         generator = torch.Generator().manual_seed(100 + index)
         kwargs = _case_kwargs(case, n_classes, generator)
-        if "weight" in kwargs:
-            kwargs["class_weight"] = kwargs.pop("weight")
         with_bias = index % 2 == 0  # with and without a bias, alternately
         target = _targets(n_rows, n_classes, generator, kwargs.get("ignore_index", -100))
         hidden = torch.randn(n_rows, hidden_size, generator=generator)
@@ -194,10 +192,12 @@ def _linear_compare(rank, world_size, backend_name, n_classes, sequence_sharded)
         sharded = [distribute_tensor(t, mesh, [Shard(0)]).requires_grad_()
                    for t in (head,) + ((bias,) if with_bias else ())]
         with fastgd.force_backend(backend_name):
-            ours = fastgd.linear_cross_entropy(sharded_hidden, sharded[0], target,
-                                               *sharded[1:], chunk_size=2, **kwargs)
-            truth = fastgd.linear_cross_entropy(whole[0], whole[1], target, *whole[2:],
-                                                chunk_size=2, **kwargs)
+            ours = fastgd.linear_cross_entropy(
+                sharded_hidden, sharded[0], target, linear_bias=(sharded[1:] or [None])[0],
+                chunk_size=2, **kwargs)
+            truth = fastgd.linear_cross_entropy(
+                whole[0], whole[1], target, linear_bias=(whole[2:] or [None])[0], chunk_size=2,
+                **kwargs)
         ours, truth = (out if isinstance(out, tuple) else (out,) for out in (ours, truth))
         for name, a, b in zip(("loss", "lse"), ours, truth):
             assert not isinstance(a, DTensor)

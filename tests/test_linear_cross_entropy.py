@@ -70,7 +70,7 @@ def test_options_match_materialised(dtype, option, reduction, device):
     hidden, weight, bias, target, class_weight = make_inputs(21, 16, 300, dtype, device, seed=2)
     opts = dict(OPTIONS[option], reduction=reduction, chunk_size=8)
     if opts.pop("class_weight", False):
-        opts["class_weight"] = class_weight.to(dtype)
+        opts["weight"] = class_weight.to(dtype)
     if option == "ignore_index=3":
         target[target == -100] = 3  # the ignored rows use the custom index
     check_against_materialised(hidden, weight, target, bias, dtype, **opts)
@@ -100,7 +100,7 @@ def test_gradients_only_for_inputs_that_require_them(device):
     # A frozen hidden (no d_hidden is computed) and a frozen bias; only the weight trains.
     hidden, weight, bias, target, _ = make_inputs(10, 16, 300, torch.float32, device)
     w = weight.clone().requires_grad_()
-    fastgd.linear_cross_entropy(hidden, w, target, bias, chunk_size=3).backward()
+    fastgd.linear_cross_entropy(hidden, w, target, linear_bias=bias, chunk_size=3).backward()
     w_ref = weight.clone().requires_grad_()
     torch.nn.functional.cross_entropy(hidden @ w_ref.T + bias, target).backward()
     assert hidden.grad is None and bias.grad is None
@@ -110,7 +110,7 @@ def test_gradients_only_for_inputs_that_require_them(device):
 def test_no_grad_forward(device):
     hidden, weight, bias, target, _ = make_inputs(10, 16, 300, torch.float32, device)
     with torch.no_grad():
-        loss = fastgd.linear_cross_entropy(hidden, weight, target, bias, chunk_size=4)
+        loss = fastgd.linear_cross_entropy(hidden, weight, target, linear_bias=bias, chunk_size=4)
     expected = torch.nn.functional.cross_entropy(hidden @ weight.T + bias, target)
     assert_same(loss, expected, torch.float32, "loss")
 
@@ -122,17 +122,17 @@ def test_gradient_accumulation_with_num_items(device):
     total = int((target != -100).sum())
     w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
     for part in (slice(0, 13), slice(13, 20)):  # unequal halves: the counts differ
-        fastgd.linear_cross_entropy(hidden[part], w, target[part], b, num_items=total,
+        fastgd.linear_cross_entropy(hidden[part], w, target[part], linear_bias=b, num_items=total,
                                     chunk_size=4).backward()
     w_big, b_big = weight.clone().requires_grad_(), bias.clone().requires_grad_()
-    fastgd.linear_cross_entropy(hidden, w_big, target, b_big, chunk_size=4).backward()
+    fastgd.linear_cross_entropy(hidden, w_big, target, linear_bias=b_big, chunk_size=4).backward()
     assert_same(w.grad, w_big.grad, torch.float32, "accumulated d_weight")
     assert_same(b.grad, b_big.grad, torch.float32, "accumulated d_bias")
 
 
 def test_drop_in_for_lm_head(device):
     # The swap from the issue: F.cross_entropy(lm_head(h).flatten(0, 1), y.flatten()) ->
-    # fastgd.linear_cross_entropy(h, lm_head.weight, y, lm_head.bias), through a layer below.
+    # fastgd.linear_cross_entropy(h, lm_head.weight, y, linear_bias=lm_head.bias), through a layer below.
     torch.manual_seed(0)
     body = torch.nn.Linear(16, 16).to(device)
     head = torch.nn.Linear(16, 300).to(device)
@@ -146,7 +146,7 @@ def test_drop_in_for_lm_head(device):
         return [loss.detach()] + [p.grad.clone() for p in (*body.parameters(),
                                                           *head.parameters())]
 
-    ours = grads(lambda h: fastgd.linear_cross_entropy(h, head.weight, y, head.bias,
+    ours = grads(lambda h: fastgd.linear_cross_entropy(h, head.weight, y, linear_bias=head.bias,
                                                        chunk_size=4))
     expected = grads(lambda h: torch.nn.functional.cross_entropy(head(h).flatten(0, 1),
                                                                  y.flatten()))
@@ -160,7 +160,7 @@ def test_torch_fallback_path(option, device):
     hidden, weight, bias, target, class_weight = make_inputs(21, 16, 300, torch.float32, device)
     opts = dict(OPTIONS[option], reduction="none", chunk_size=8)
     if opts.pop("class_weight", False):
-        opts["class_weight"] = class_weight
+        opts["weight"] = class_weight
     with fastgd.force_backend("torch"):
         check_against_materialised(hidden, weight, target, bias, torch.float32, **opts)
 

@@ -22,21 +22,24 @@ def inputs(device):
 
 
 @pytest.mark.parametrize("change,error,match", [
-    (dict(weight=lambda w: w[:, :8]), ValueError, "weight must have shape"),
-    (dict(weight=lambda w: w.double()), TypeError, "weight dtype"),
-    (dict(bias=lambda b: b[:7]), ValueError, "bias must have shape"),
+    (dict(linear_weight=lambda w: w[:, :8]), ValueError, "linear_weight must have shape"),
+    (dict(linear_weight=lambda w: w.long()), TypeError, "linear_weight dtype"),
+    (dict(linear_bias=lambda b: b[:7]), ValueError, "linear_bias must have shape"),
     (dict(target=lambda t: t[:5]), ValueError, "target shape"),
-    (dict(target=lambda t: t.float()), TypeError, "target must hold"),
-    (dict(hidden=lambda h: h.long()), TypeError, "hidden dtype"),
+    (dict(target=lambda t: t > 0), TypeError, "target must hold"),
+    (dict(input=lambda h: h.long()), TypeError, "input dtype"),
     (dict(chunk_size=0), ValueError, "chunk_size"),
     (dict(chunk_size=2.5), ValueError, "chunk_size"),
     (dict(reduction="avg"), ValueError, "reduction"),
     (dict(num_items=10, reduction="none"), ValueError, "num_items"),
-    (dict(class_weight=lambda _: torch.ones(7)), ValueError, r"shape \(C,\)"),
+    (dict(weight=lambda _: torch.ones(7)), ValueError, r"shape \(C,\)"),
+    # the projection passed where torch's signature puts the per-class weights
+    (dict(weight=lambda _: torch.ones(300, 16)), ValueError, "linear_weight, the 2nd argument"),
+    (dict(options=3), TypeError, "LinearCrossEntropyOptions"),
 ])
 def test_bad_input_names_the_argument(inputs, change, error, match):
     hidden, weight, bias, target, _ = inputs
-    args = dict(hidden=hidden, weight=weight, target=target, bias=bias)
+    args = dict(input=hidden, linear_weight=weight, target=target, linear_bias=bias)
     for key, value in change.items():
         args[key] = value(args.get(key)) if callable(value) else value
     with pytest.raises(error, match=match):
@@ -47,7 +50,7 @@ def test_target_out_of_range_raises_on_cpu():
     hidden, weight, bias, target, _ = make_inputs(10, 16, 300, torch.float32, "cpu")
     target[3] = 300
     with pytest.raises(ValueError, match="outside"):
-        fastgd.linear_cross_entropy(hidden, weight, target, bias)
+        fastgd.linear_cross_entropy(hidden, weight, target, linear_bias=bias)
 
 
 # Every option the module stores, away from its default: (target, class weights) -> (constructor
@@ -55,7 +58,7 @@ def test_target_out_of_range_raises_on_cpu():
 # that dropped one, or passed it on under another name, could not pass. chunk_size changes no
 # number: its own test follows.
 MODULE_OPTIONS = {
-    "class_weight": lambda t, w: (dict(class_weight=w), t),
+    "weight": lambda t, w: (dict(weight=w), t),
     "ignore_index": lambda t, w: (dict(ignore_index=7), t.masked_fill(t == -100, 7)),
     "reduction sum": lambda t, w: (dict(reduction="sum"), t),
     "reduction none": lambda t, w: (dict(reduction="none"), t),
@@ -71,10 +74,12 @@ MODULE_OPTIONS = {
 def test_module_options_reach_the_computation(inputs, option):
     hidden, weight, bias, target, class_weight = inputs
     opts, target = MODULE_OPTIONS[option](target, class_weight)
-    module = fastgd.LinearCrossEntropyLoss(**opts)
+    module = fastgd.LinearCrossEntropyLoss(16, 300, bias=True, **opts)
+    with torch.no_grad():  # the module's own head, set to the case's
+        module.linear.weight.copy_(weight), module.linear.bias.copy_(bias)
     upstream = upstream_for(target, opts.get("reduction", "mean"))
-    ours = loss_and_grads(lambda h, w, t, b, **_: module(h, w, t, b), hidden, weight, target, bias,
-                          upstream, **opts)
+
+    ours = _module_loss_and_grads(module, hidden, target, upstream, opts)
     same = loss_and_grads(materialised, hidden, weight, target, bias, upstream, **opts)
     up = [x.double() for x in (hidden, weight, bias)]
     truth_opts = {k: v.double() if torch.is_tensor(v) else v for k, v in opts.items()}
@@ -86,10 +91,26 @@ def test_module_options_reach_the_computation(inputs, option):
     assert not torch.allclose(default_grads[0], truth[1][0]), f"{option} changes nothing"
 
 
+def _module_loss_and_grads(module, hidden, target, upstream, opts):
+    """As ``loss_and_grads``, through a module that owns its head: (loss, [d_hidden, d_weight,
+    d_bias])."""
+    leaf = hidden.detach().clone().requires_grad_()
+    out = module(leaf, target)
+    loss, lse = out if opts.get("return_lse") else (out, None)
+    total = (loss * upstream.to(loss.dtype)).sum()
+    if lse is not None:
+        total = total + (lse * 0.3).sum()
+    total.backward()
+    return loss.detach(), [leaf.grad, module.linear.weight.grad, module.linear.bias.grad]
+
+
 def test_module_num_items_is_per_call(inputs):
     hidden, weight, bias, target, _ = inputs
-    loss = fastgd.LinearCrossEntropyLoss(reduction="sum")(hidden, weight, target, bias, num_items=4)
-    assert_same(loss, materialised(hidden, weight, target, bias, reduction="sum") / 4,
+    module = fastgd.LinearCrossEntropyLoss(16, 300, bias=True, reduction="sum")
+    with torch.no_grad():
+        module.linear.weight.copy_(weight), module.linear.bias.copy_(bias)
+    loss = module(hidden, target, num_items=4)
+    assert_same(loss, materialised(hidden, weight, target, linear_bias=bias, reduction="sum") / 4,
                 torch.float32, "loss / num_items")
 
 
@@ -102,8 +123,8 @@ def test_module_chunk_size_reaches_the_op(inputs, monkeypatch):
         return linear_cross_entropy_rows(*args)
 
     monkeypatch.setattr(lce_module, "linear_cross_entropy_rows", spy)
-    fastgd.LinearCrossEntropyLoss(chunk_size=3)(hidden, weight, target, bias)
-    fastgd.LinearCrossEntropyLoss()(hidden, weight, target, bias)
+    fastgd.LinearCrossEntropyLoss(16, 300, chunk_size=3)(hidden, target)
+    fastgd.LinearCrossEntropyLoss(16, 300)(hidden, target)
     assert seen == [3, 0]
 
 
@@ -112,17 +133,17 @@ def test_module_is_saved_and_moved_with_its_options(inputs):
     target = target.masked_fill(target == -100, 7)
     options = dict(ignore_index=7, reduction="sum", label_smoothing=0.1, z_loss=1e-3,
                    softcap=5.0, logit_scale=1.5, chunk_size=3)
-    ours = fastgd.LinearCrossEntropyLoss(class_weight, **options)
-    assert ours.state_dict().keys() == {"class_weight"}
-    fresh = fastgd.LinearCrossEntropyLoss(torch.ones_like(class_weight), **options)
+    ours = fastgd.LinearCrossEntropyLoss(16, 300, bias=True, weight=class_weight, **options)
+    assert ours.state_dict().keys() == {"weight", "linear.weight", "linear.bias"}  # torch's keys
+    fresh = fastgd.LinearCrossEntropyLoss(16, 300, bias=True, weight=torch.ones_like(class_weight),
+                                          **options)
     fresh.load_state_dict(ours.state_dict())
-    torch.testing.assert_close(fresh(hidden, weight, target, bias),
-                               ours(hidden, weight, target, bias), rtol=0, atol=0)
+    torch.testing.assert_close(fresh(hidden, target), ours(hidden, target), rtol=0, atol=0)
     copy = pickle.loads(pickle.dumps(ours))
     assert repr(copy) == repr(ours) and "chunk_size=3" in repr(ours)
-    torch.testing.assert_close(copy(hidden, weight, target, bias),
-                               ours(hidden, weight, target, bias), rtol=0, atol=0)
-    assert ours.to(torch.float64).class_weight.dtype == torch.float64  # a buffer: moves with .to()
+    torch.testing.assert_close(copy(hidden, target), ours(hidden, target), rtol=0, atol=0)
+    moved = ours.to(torch.float64)  # the class weights are a buffer, the head parameters
+    assert moved.weight.dtype == moved.linear.weight.dtype == torch.float64
 
 
 @pytest.mark.parametrize("n_rows,n_classes,bytes_per_logit", [
@@ -152,7 +173,8 @@ def test_torch_compile_fullgraph(device):
     hidden, weight, bias, target, _ = make_inputs(10, 16, 300, torch.float32, device)
 
     def loss_fn(h, w, b):
-        return fastgd.linear_cross_entropy(h, w, target, b, z_loss=1e-3, chunk_size=4)
+        return fastgd.linear_cross_entropy(h, w, target, linear_bias=b, z_loss=1e-3,
+                                           chunk_size=4)
 
     results = []
     for fn in (loss_fn, torch.compile(loss_fn, fullgraph=True)):

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import guard
-from . import vocab_parallel
+from . import legacy, vocab_parallel
 from .cross_entropy_ops import cross_entropy_rows
+from .transforms import refuse_gradient_transforms
 from ..errors import InvalidTypeError, InvalidValueError, UnsupportedDtypeError
 from .checks import as_float_option, check_class_weight, check_options, checked_options
 
@@ -35,7 +36,9 @@ def cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Optional[Tensor] = None,
+    size_average: Optional[bool] = None,
     ignore_index: int = -100,
+    reduce: Optional[bool] = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -48,9 +51,10 @@ def cross_entropy(
 ):
     """Cross-entropy between logits ``input`` and class indices ``target``.
 
-    Same result as ``torch.nn.functional.cross_entropy(input, target, weight, ignore_index=...,
-    reduction=..., label_smoothing=...)`` for ``(N, C)``, ``(C,)`` and ``(N, C, d1, ...)`` inputs,
-    with these differences and extras:
+    Same result as ``torch.nn.functional.cross_entropy(input, target, weight, size_average,
+    ignore_index, reduce, reduction, label_smoothing)`` -- the same positional order, with
+    torch's meaning and warning for its deprecated ``size_average`` / ``reduce`` -- for ``(N, C)``,
+    ``(C,)`` and ``(N, C, d1, ...)`` inputs, with these differences and extras:
 
     * the loss is float32 for float16/bfloat16 input (float64 for float64); the math is float32;
     * with ``reduction="mean"`` and every target ignored, the loss is 0, not NaN;
@@ -76,6 +80,10 @@ def cross_entropy(
     same on every rank of the vocabulary's group; the gradient of ``input`` is a DTensor with its
     placements. ``inplace_backward`` does not apply there (the gradient is a new tensor).
     """
+    size_average, ignore_index, reduce, reduction, label_smoothing = legacy.cross_entropy_order(
+        size_average, ignore_index, reduce, reduction, label_smoothing)
+    reduction = legacy.legacy_reduction(size_average, reduce, reduction)
+    refuse_gradient_transforms("fastgd.cross_entropy", input)
     class_dim = 0 if isinstance(input, Tensor) and input.dim() == 1 else 1
     input, shard = vocab_parallel.unwrap_classes(input, class_dim, "input")
     target, weight, num_items = (vocab_parallel.whole(t, what) for t, what in (
@@ -135,8 +143,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
     def forward(self, input: Tensor, target: Tensor, num_items=None):
         return cross_entropy(
-            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
-            z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale,
+            input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale,
             num_items=num_items, return_lse=self.return_lse,
             inplace_backward=self.inplace_backward,
         )

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .. import backend, guard
 from . import cross_entropy_torch as torch_path
+from .transforms import refuse_second_derivative
 from ..errors import InvalidTypeError, InvalidValueError, TargetOutOfBoundsError
 from ..dtypes import compute_dtype, triton_compute_dtype
 from ..kernel_call import KernelCall
@@ -300,3 +301,4 @@ def _backward(ctx, grad_ce, grad_lse):
 
 
 cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_derivative(cross_entropy_rows_backward, "fastgd.cross_entropy")

@@ -47,6 +47,7 @@ from .. import backend
 from .cross_entropy_ops import (ClassSlice, RowOptions, check_target_range, rows_backward_into,
                                 rows_forward, shard_rows_forward)
 from ..dtypes import compute_dtype
+from .transforms import refuse_second_derivative
 from ..launch_config import linear_cross_entropy_chunk
 
 # Chunk-sized fp32 temporaries made by the PyTorch row path (cross_entropy_torch: the upcast
@@ -294,3 +295,4 @@ def _backward(ctx, grad_ce, grad_lse):
 
 
 linear_cross_entropy_rows.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_derivative(linear_cross_entropy_rows_backward, "fastgd.linear_cross_entropy")

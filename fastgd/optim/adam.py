@@ -16,6 +16,8 @@ tensor; None before the first clipping step).
 """
 from __future__ import annotations
 
+import inspect
+
 import math
 from typing import Any, Callable, Optional
 
@@ -29,6 +31,22 @@ from ..errors import InvalidTypeError, InvalidValueError
 
 _EXTRA_DEFAULTS = {"max_grad_norm": None}
 _STATE_KEYS = launch.STATE_KEYS
+
+
+# torch.compile of a training step runs step() eagerly, a clean graph break: the step is one
+# launch (or torch's fused Adam) already, with host-side checks and a launch cache that a traced
+# graph would either freeze or re-run, so there is nothing for the compiler to fuse. Under
+# fullgraph=True the break is an error, and this reason is what it says.
+def _runs_eager_under_compile():
+    reason = ("fastgd's optimizer step runs eagerly under torch.compile (one launch per device "
+              "and dtype already); call opt.step() outside the fullgraph=True region, or compile "
+              "without fullgraph")
+    if "reason" in inspect.signature(torch.compiler.disable).parameters:  # not in every torch
+        return torch.compiler.disable(recursive=True, reason=reason)
+    return torch.compiler.disable(recursive=True)
+
+
+_STEP_RUNS_EAGER = _runs_eager_under_compile()
 
 
 class Adam(torch.optim.Optimizer):
@@ -126,6 +144,7 @@ class Adam(torch.optim.Optimizer):
         return state
 
     # ------------------------------------------------------------------ the step
+    @_STEP_RUNS_EAGER
     @torch.no_grad()
     def step(
         self,

@@ -1,5 +1,6 @@
 """The PyTorch path of fastgd's Adam/AdamW (CPU without the Triton interpreter, or forced with
-``fastgd.force_backend("torch")``): torch.optim's own functional Adam on fastgd's state.
+``fastgd.force_backend("torch")``): torch.optim's own functional Adam on fastgd's state -- its
+fused implementation on a CPU (the single-tensor one for complex parameters).
 
 The extras of fastgd's kernels are done around it, with tensor operations only: unscaling by a
 GradScaler's scale and clipping by the global norm work on copies of the gradients (the user's
@@ -59,12 +60,36 @@ def adam_group_step(
         grads = [g / grad_scale.to(g.device) for g in grads]
     if clip_coef is not None:
         grads = [g * clip_coef.to(g.device) for g in grads]
+    if fused:  # found_inf lives on the device: only the fused kernel can read it there
+        _torch_adam(group, params, grads, states, fused=True, found_inf=found_inf)
+        return
+    # On a CPU, torch's fused Adam (one pass over each tensor, its math in float32 for 16-bit
+    # tensors, float64 bias corrections) is several times faster than the single-tensor loop.
+    # It takes no complex parameters, and on a CPU it gives wrong updates for tensors that are
+    # not contiguous (torch 2.13, a sliced parameter): those take the single-tensor loop.
+    fusable = [device.type == "cpu" and _fusable(p, g, s) for p, g, s in zip(params, grads, states)]
+    for use_fused in (True, False):
+        chosen = [i for i, ok in enumerate(fusable) if ok == use_fused]
+        if chosen:
+            _torch_adam(group, [params[i] for i in chosen], [grads[i] for i in chosen],
+                        [states[i] for i in chosen], fused=use_fused, found_inf=None)
+
+
+def _fusable(param: Tensor, grad: Tensor, state: dict) -> bool:
+    tensors = (param, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"))
+    return not param.is_complex() and all(t.is_contiguous() for t in tensors if t is not None)
+
+
+def _torch_adam(group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict], *,
+                fused: bool, found_inf: Optional[Tensor]) -> None:
     amsgrad = group["amsgrad"]
     beta1, beta2 = group["betas"]
-    # The kernels' math is float32 for 16-bit tensors (torch's own 16-bit Adam computes in the
-    # parameter dtype, where the default eps=1e-8 underflows to 0 in float16 and a zero second
-    # moment divides by zero): run torch's update on float32 copies, then round back.
-    work = [_Upcast(p, g, s, amsgrad) for p, g, s in zip(params, grads, states)]
+    # The kernels' math is float32 for 16-bit tensors (torch's own single-tensor 16-bit Adam
+    # computes in the parameter dtype, where the default eps=1e-8 underflows to 0 in float16 and
+    # a zero second moment divides by zero): without the fused kernel, which computes in float32
+    # itself, run torch's update on float32 copies, then round back.
+    work = [_Upcast(p, g, s, amsgrad, upcast=not fused)
+            for p, g, s in zip(params, grads, states)]
     torch_adam(
         [w.param for w in work], [w.grad for w in work],
         [w.exp_avg for w in work], [w.exp_avg_sq for w in work],
@@ -75,7 +100,7 @@ def adam_group_step(
         # the capturable form avoids reading the step back.
         capturable=backend.step_device(params[0]).type != "cpu" and not fused,
         fused=fused,
-        found_inf=found_inf if fused else None,
+        found_inf=found_inf,
         has_complex=any(p.is_complex() for p in params),
         decoupled_weight_decay=group["decoupled_weight_decay"],
         amsgrad=amsgrad,
@@ -94,10 +119,11 @@ class _Upcast:
     """One parameter's tensors in float32 when it is 16-bit (as the kernels compute), else the
     tensors themselves; :meth:`store` rounds the results back (round to nearest even)."""
 
-    def __init__(self, param: Tensor, grad: Tensor, state: dict, amsgrad: bool) -> None:
+    def __init__(self, param: Tensor, grad: Tensor, state: dict, amsgrad: bool,
+                 upcast: bool = True) -> None:
         self.originals = [param, state["exp_avg"], state["exp_avg_sq"],
                           state["max_exp_avg_sq"] if amsgrad else None]
-        self.upcast = param.dtype in (torch.float16, torch.bfloat16)
+        self.upcast = upcast and param.dtype in (torch.float16, torch.bfloat16)
         up = (lambda t: t.float() if t is not None else None) if self.upcast else (lambda t: t)
         self.param, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq = map(up, self.originals)
         self.grad = up(grad)
