@@ -48,10 +48,13 @@ setup(
     extras_require={
         # The demo's progress bar and plot; fastgd itself never imports them.
         "demo": ["matplotlib>=3.7", "tqdm>=4.60"],
+        # fastgd.transformers (the only module that imports it); tested with 4.57.6 and 5.25.
+        "hf": ["transformers>=4.57"],
         # The demo's tests check the plot it writes and its progress bar; the packaging tests
-        # build the sdist and the wheel with the environment's own setuptools.
+        # build the sdist and the wheel with the environment's own setuptools; the Hugging Face
+        # tests run transformers' Trainer, which needs accelerate.
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.7",
-                 "tqdm>=4.60", "setuptools>=77"],
+                 "tqdm>=4.60", "setuptools>=77", "transformers>=4.57", "accelerate>=1.1"],
     },
     entry_points={"console_scripts": ["fastgd = fastgd.demo.cli:fastgd_command"]},
 )

@@ -80,3 +80,12 @@ VOCAB_PARALLEL = {
     torch.float32: (1e-5, 1e-6),
     torch.bfloat16: (1.6e-2, 1e-5),
 }
+
+# A 5-step Trainer run under bf16 autocast with fastgd's LM-head loss and AdamW, beside the same
+# run with transformers' loss and torch's AdamW (tests/test_transformers.py): the largest
+# difference between the logged losses (nats, here 10-14). Both compute the head in bf16 but
+# round in different places (fastgd sums d_weight in fp32, the bf16 GEMM behind transformers'
+# F.linear rounds it to bf16: ~2^-9 relative), which moved the curve by 1e-6 to 2e-6 when
+# measured on CPU; 1e-3 leaves room for other CPUs' and GPUs' GEMMs. A wrong normaliser under
+# gradient accumulation doubles or halves the loss.
+AUTOCAST_TRAINING_CURVE_ATOL = {torch.bfloat16: 1e-3}
