@@ -37,13 +37,26 @@ def _next_power_of_2(n: int) -> int:
 # to dominate; 1 GiB of bf16 logits is 4096 rows at V=128256. Rows are a power of two (matmul
 # tiles divide them) and chosen from shapes only: no host sync.
 LCE_CHUNK_BUDGET_BYTES = 1 << 30
+# The PyTorch path (a CPU without the interpreter) has no accumulator traffic to amortise of that
+# size, and torch 2.13's own chunked F.linear_cross_entropy sets the bar there: +16 MiB above the
+# inputs at N=8192, V=32768, H=64 fp32 (python -m bench.linear_ce_memory). A 16 MiB budget keeps
+# fastgd at or under it (+11 MiB measured at 32 rows). At least 32 rows all the same: each chunk's
+# matmul reads all of the V x H weight, and fewer rows make it memory-bound (2 * rows FLOPs per
+# 4-byte weight element read: ~rows / 2 FLOP/byte).
+LCE_TORCH_PATH_CHUNK_BUDGET_BYTES = 16 << 20
+LCE_TORCH_PATH_MIN_ROWS = 32
 
 
-def linear_cross_entropy_chunk(n_rows: int, n_classes: int, bytes_per_logit: int) -> int:
-    """Token rows per chunk: the largest power of two whose working set fits the budget, at least
-    1 and at most ``n_rows``."""
-    fit = max(1, LCE_CHUNK_BUDGET_BYTES // max(1, n_classes * bytes_per_logit))
+def linear_cross_entropy_chunk(n_rows: int, n_classes: int, bytes_per_logit: int,
+                               torch_path: bool = False) -> int:
+    """Token rows per chunk: the largest power of two whose working set fits the budget of the
+    path (the kernels' or the PyTorch path's), at least 1 (``LCE_TORCH_PATH_MIN_ROWS`` on the
+    PyTorch path) and at most ``n_rows``."""
+    budget = LCE_TORCH_PATH_CHUNK_BUDGET_BYTES if torch_path else LCE_CHUNK_BUDGET_BYTES
+    fit = max(1, budget // max(1, n_classes * bytes_per_logit))
     rows = 1 << (fit.bit_length() - 1)  # largest power of two <= fit
+    if torch_path:
+        rows = max(rows, LCE_TORCH_PATH_MIN_ROWS)
     return max(1, min(rows, n_rows))
 
 

@@ -9,7 +9,9 @@ backend; only the per-row kernels differ, and they work inside the chunk's buffe
 
 Measured on the CPU machine (2026-11-28, N=8192, V=32768, H=32, fp32, forward + backward):
 materialised logits + F.cross_entropy: 3069 MiB above the inputs; fastgd with chunk_size=128:
-82 MiB; with the default chunk (1024 rows here): 642 MiB.
+82 MiB; with the default chunk (1024 rows here): 642 MiB. Since 2026-12-08 the PyTorch path
+chunks by a 16 MiB budget and works in the chunk's buffer (python -m bench.linear_ce_memory:
++11 MiB at H=64 by default).
 """
 import subprocess
 import sys

@@ -205,8 +205,12 @@ def rows_backward_into(grad: Tensor, logits: Tensor, target: Tensor, weight: Opt
     if backend.uses_kernels(logits):
         _launch_backward(grad, logits, target, weight, lse, grad_ce, grad_lse, options, classes)
     elif logits.shape[1] > 0:
+        classes = _class_slice(logits, classes)
+        if grad is logits and torch_path.rows_backward_in_place(
+                logits, target, weight, lse, grad_ce, grad_lse, options, classes):
+            return
         grad.copy_(torch_path.rows_backward(logits, target, weight, lse, grad_ce, grad_lse,
-                                            options, _class_slice(logits, classes)))
+                                            options, classes))
 
 
 def shard_rows_forward(logits: Tensor, target: Tensor, weight: Optional[Tensor],

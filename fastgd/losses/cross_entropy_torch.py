@@ -11,7 +11,11 @@ from ..dtypes import compute_dtype
 
 
 def _z(logits: torch.Tensor, logit_scale: float, softcap: float) -> torch.Tensor:
-    z = logits.to(compute_dtype(logits.dtype)) * logit_scale
+    """The scaled, soft-capped logits in the compute dtype: ``logits`` itself when that changes
+    nothing (the callers only read it)."""
+    z = logits.to(compute_dtype(logits.dtype))
+    if logit_scale != 1.0:
+        z = z * logit_scale
     if softcap > 0:
         z = softcap * torch.tanh(z / softcap)
     return z
@@ -20,10 +24,11 @@ def _z(logits: torch.Tensor, logit_scale: float, softcap: float) -> torch.Tensor
 def _logsumexp(z: torch.Tensor) -> torch.Tensor:
     """Row logsumexp as the kernels compute it, ``max + log(sum(exp(z - max)))``: NaN for a row
     holding +inf (as F.cross_entropy), -inf for a row of -inf only. (torch.logsumexp returns
-    +inf for the former, which would make the loss inf where torch's is NaN.)"""
+    +inf for the former, which would make the loss inf where torch's is NaN.) One chunk-sized
+    temporary, exponentiated in place."""
     row_max = z.amax(dim=1, keepdim=True)
     shift = torch.where(row_max == float("-inf"), 0.0, row_max)
-    return (shift + torch.log(torch.exp(z - shift).sum(dim=1, keepdim=True)))[:, 0]
+    return (shift + torch.log(torch.sub(z, shift).exp_().sum(dim=1, keepdim=True)))[:, 0]
 
 
 def _target_info(target, weight, n_classes, ignore_index, dtype):
@@ -75,22 +80,44 @@ def _weight_slice(weight, classes, n_classes, dtype):
     return weight[classes.offset:classes.offset + n_classes].to(dtype)
 
 
+def rows_backward_in_place(logits, target, weight, lse, grad_ce, grad_lse, options,
+                           classes) -> bool:
+    """:func:`rows_backward` written over ``logits`` itself, with no chunk-sized temporary --
+    where it can be: logits already in the compute dtype and no soft cap (whose chain rule needs
+    the capped logits beside the probabilities). Returns whether it did."""
+    if options.softcap > 0 or logits.dtype != compute_dtype(logits.dtype):
+        return False
+    if options.logit_scale != 1.0:
+        logits.mul_(options.logit_scale)
+    _gradient_from_z(logits, logits, target, weight, lse, grad_ce, grad_lse, options, classes)
+    return True
+
+
 def rows_backward(logits, target, weight, lse, grad_ce, grad_lse: Optional[torch.Tensor],
                   options, classes):
     """``d loss / d logits`` (a new tensor in the logits' dtype), for the slice ``classes`` (a
     ``cross_entropy_ops.ClassSlice``) of the row's classes; ``lse`` is the whole row's."""
+    z = _z(logits, options.logit_scale, options.softcap)
+    dz = _gradient_from_z(torch.empty_like(z), z, target, weight, lse, grad_ce, grad_lse,
+                          options, classes)
+    return dz.to(logits.dtype)
+
+
+def _gradient_from_z(out, z, target, weight, lse, grad_ce, grad_lse, options, classes):
+    """``d loss / d logits`` from the scaled, capped logits ``z``, into ``out``, which may be
+    ``z`` itself when there is no soft cap (every step after the first then reads only ``out``;
+    the soft cap's chain rule reads ``z`` again)."""
     ignore_index, label_smoothing = options.ignore_index, options.label_smoothing
     softcap, logit_scale = options.softcap, options.logit_scale
     n_classes = classes.total
-    z = _z(logits, logit_scale, softcap)
     safe_target, ignored, in_range, w_t = _target_info(
         target, weight, n_classes, ignore_index, z.dtype
     )
     local_target = safe_target - classes.offset
-    held = (local_target >= 0) & (local_target < logits.shape[1])
+    held = (local_target >= 0) & (local_target < z.shape[1])
     spike_at = torch.where(held, local_target, 0)[:, None]
     g_ce = torch.where(ignored, 0.0, torch.where(in_range, grad_ce.to(z.dtype), float("nan")))
-    p = torch.exp(z - lse[:, None].to(z.dtype))
+    p = torch.sub(z, lse[:, None].to(z.dtype), out=out).exp_()
     coef_true = g_ce * (1.0 - label_smoothing) * w_t  # times (p_c - [c == t])
     coef_p = grad_lse.to(z.dtype) if grad_lse is not None else torch.zeros_like(g_ce)  # times p_c
     coef_w = g_ce * label_smoothing / n_classes  # times -w_c
@@ -104,10 +131,12 @@ def rows_backward(logits, target, weight, lse, grad_ce, grad_lse: Optional[torch
     dz = p.mul_((coef_true + coef_p)[:, None])
     dz.scatter_add_(1, spike_at, torch.where(held, coef_p, 0.0)[:, None])
     if label_smoothing > 0:
-        w_here = _weight_slice(weight, classes, logits.shape[1], z.dtype)
+        w_here = _weight_slice(weight, classes, dz.shape[1], z.dtype)
         dz -= coef_w[:, None] * (w_here[None, :] if w_here is not None else 1.0)
     if softcap > 0:
-        dz = dz * (1.0 - (z / softcap) ** 2)
+        dz.mul_(1.0 - (z / softcap) ** 2)
     if grad_lse is None:  # as the kernel: an ignored row's gradient is exactly zero
-        dz = torch.where(ignored[:, None], 0.0, dz)
-    return (dz * logit_scale).to(logits.dtype)
+        dz.masked_fill_(ignored[:, None], 0.0)
+    if logit_scale != 1.0:
+        dz.mul_(logit_scale)
+    return dz

@@ -50,10 +50,10 @@ from ..dtypes import compute_dtype
 from .transforms import refuse_second_derivative
 from ..launch_config import linear_cross_entropy_chunk
 
-# Chunk-sized fp32 temporaries made by the PyTorch row path (cross_entropy_torch: the upcast
-# logits, their exp, the gradient and its scaled copy). Measured on CPU (peak RSS, fp32, one
-# 8192 x 32768 chunk): 5 GiB above the inputs, i.e. the buffer plus ~4 copies; 5 leaves a margin.
-_TORCH_PATH_FP32_COPIES = 5
+# Chunk-sized fp32 temporaries made by the PyTorch row path (cross_entropy_torch): the forward's
+# exponentials; the backward works in the chunk's buffer for fp32 logits without a soft cap, and
+# otherwise makes the upcast logits and the gradient. 3 covers the latter.
+_TORCH_PATH_FP32_COPIES = 3
 
 
 # --------------------------------------------------------------------------- chunking
@@ -82,8 +82,10 @@ def plan_chunks(hidden: Tensor, weight: Tensor, chunk_size: int) -> ChunkPlan:
     mixed_gemm = uses_mixed_gemm(hidden)
     if chunk_size > 0:
         return ChunkPlan(max(1, min(chunk_size, n_rows)), mixed_gemm)
-    per_logit = _bytes_per_logit(hidden.dtype, backend.uses_kernels(hidden), mixed_gemm)
-    return ChunkPlan(linear_cross_entropy_chunk(n_rows, weight.shape[0], per_logit), mixed_gemm)
+    kernels = backend.uses_kernels(hidden)
+    per_logit = _bytes_per_logit(hidden.dtype, kernels, mixed_gemm)
+    return ChunkPlan(linear_cross_entropy_chunk(n_rows, weight.shape[0], per_logit,
+                                                torch_path=not kernels), mixed_gemm)
 
 
 def _chunks(n_rows: int, rows: int):
