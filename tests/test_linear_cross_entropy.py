@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import fastgd
-from linear_cross_entropy_cases import check_against_materialised, loss_and_grads, make_inputs, upstream_for
+from linear_cross_entropy_cases import (check_against_materialised, loss_and_grads, make_inputs,
+                                       materialised, upstream_for)
 from tolerances import assert_same
 
 BLOCK = 4096  # fastgd.launch_config.CE_MAX_BLOCK for 16/32-bit logits
@@ -163,6 +164,42 @@ def test_torch_fallback_path(option, device):
         opts["weight"] = class_weight
     with fastgd.force_backend("torch"):
         check_against_materialised(hidden, weight, target, bias, torch.float32, **opts)
+
+
+# The PyTorch path computes the gradients in the forward when the backward's upstream will be
+# one value on every row (mean/sum without z-loss; num_items) and recomputes otherwise: each
+# reduction and option, scalar and per-row, against the float64 truth.
+@pytest.mark.parametrize("option", ["plain", "class_weight+smoothing", "z_loss", "num_items",
+                                    "all"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_torch_path_gradients_from_the_forward_or_recomputed(option, reduction, device):
+    if device == "cuda":
+        pytest.skip("the PyTorch path of a CPU")
+    if option == "num_items" and reduction == "none":
+        pytest.skip("num_items divides a summed loss")
+    hidden, weight, bias, target, class_weight = make_inputs(21, 16, 300, torch.float32, device)
+    opts = dict(OPTIONS.get(option, {}), reduction=reduction, chunk_size=8)
+    if opts.pop("class_weight", False):
+        opts["weight"] = class_weight
+    with fastgd.force_backend("torch"):
+        check_against_materialised(hidden, weight, target, bias, torch.float32, **opts)
+
+
+def test_torch_path_second_backward_recomputes(device):
+    """The unit gradients are handed over by the first backward; a second one (retain_graph)
+    recomputes, and both equal the recomputing path's."""
+    if device == "cuda":
+        pytest.skip("the PyTorch path of a CPU")
+    hidden, weight, bias, target, _ = make_inputs(9, 16, 300, torch.float32, device)
+    w = weight.clone().requires_grad_()
+    with fastgd.force_backend("torch"):
+        loss = fastgd.linear_cross_entropy(hidden, w, target, linear_bias=bias, chunk_size=4)
+    (first,) = torch.autograd.grad(loss * 3.0, w, retain_graph=True)
+    (second,) = torch.autograd.grad(loss * 3.0, w)
+    torch.testing.assert_close(first, second)
+    expected = loss_and_grads(materialised, hidden, weight, target, bias,
+                              torch.full((), 3.0, dtype=torch.float64))[1][1]
+    assert_same(first, expected, torch.float32, "d_weight")
 
 
 def test_bf16_weight_gradient_summed_in_fp32_over_many_chunks(device):

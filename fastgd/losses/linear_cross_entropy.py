@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.loss import _WeightedLoss
 
 from . import legacy, vocab_parallel
+from . import linear_cross_entropy_eager as eager
 from . import linear_cross_entropy_fallback as fallback
 from .linear_cross_entropy_dtypes import autocast_operands, chunk_size_of
 from .cross_entropy import assemble_loss
@@ -142,6 +143,9 @@ def _linear_cross_entropy(hidden, weight, target, bias, class_weight, *, ignore_
     if shard is not None:
         ce, lse = vocab_parallel.linear_rows(rows, weight, bias, flat_target, class_weight,
                                              options, int(chunk_size or 0), shard)
+    elif eager.takes(rows, weight, bias):  # the PyTorch path: gradients in the forward
+        ce, lse = eager.rows(rows, weight, bias, flat_target, class_weight, options,
+                             int(chunk_size or 0))
     else:  # the op's schema lists the options in RowOptions' order (cross_entropy_ops)
         ce, lse = linear_cross_entropy_rows(rows, weight, bias, flat_target, class_weight,
                                             *options, int(chunk_size or 0))
