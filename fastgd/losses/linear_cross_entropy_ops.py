@@ -19,7 +19,9 @@ one ``(rows, V)`` buffer in the logits' dtype is reused for every chunk of ``row
   where torch offers one (CUDA); elsewhere the chunk is upcast first (a chunk-sized temporary).
 
 Why recompute in the backward rather than compute the gradients in the forward
-(N tokens, V classes, H hidden, b bytes per element):
+(N tokens, V classes, H hidden, b bytes per element) -- for this op, the kernels' and compiled
+graphs'; eager on the PyTorch path, where the saved matmul weighs most, the forward-gradient
+scheme runs instead when it applies (:mod:`fastgd.losses.linear_cross_entropy_eager`):
 
 * FLOPs: recomputing costs one extra ``2*N*V*H`` matmul: ``8*N*V*H`` in all instead of ``6*N*V*H``
   (the forward-gradient scheme would be ~25% cheaper in FLOPs).
