@@ -271,6 +271,15 @@ def test_old_fastgd_names_warn_and_mean_what_they_meant():
         hidden, head, target, linear_bias=bias, weight=class_weights, reduction="sum"))
 
 
+def test_an_old_module_state_dict_loads():
+    """fastgd 0.1's LinearCrossEntropyLoss saved its class weights as "class_weight"."""
+    weights = torch.rand(V, generator=torch.Generator().manual_seed(12)) + 0.5
+    with pytest.warns(DeprecationWarning, match="headless"):
+        module = fastgd.LinearCrossEntropyLoss(torch.ones(V))
+    module.load_state_dict({"class_weight": weights})
+    assert torch.equal(module.weight, weights)
+
+
 def test_an_argument_given_twice_is_refused():
     hidden, head, bias, target, class_weights = _inputs()
     with pytest.raises(TypeError, match="linear_bias"):

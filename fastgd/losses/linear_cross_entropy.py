@@ -220,6 +220,14 @@ class LinearCrossEntropyLoss(_WeightedLoss):
             in_features, math.prod(self.out_features, start=num_classes), bias=bias,
             device=device, dtype=dtype)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # fastgd 0.1's module stored its per-class weights as "class_weight" (deprecated names:
+        # one release); they are torch's "weight" now
+        old, new = prefix + "class_weight", prefix + "weight"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, input: Tensor, *args, num_items=None, **kwargs):
         """``(input, target)``; headless (deprecated): ``(hidden, weight, target, bias=None)``."""
         if self.linear is None:
