@@ -34,9 +34,12 @@ from .linear_cross_entropy_ops import _chunks, _logits_into, backward_pass, plan
 
 
 def takes(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
-    """Whether this scheme serves the call: the PyTorch path, eager, gradients wanted, inputs in
-    their compute dtype (16-bit unit gradients would be rounded twice)."""
-    return (not backend.uses_kernels(hidden) and not torch.compiler.is_compiling()
+    """Whether this scheme serves the call: the PyTorch path on a CPU (the backward reads the
+    upstream gradient on the host: free there, a sync for a GPU tensor forced onto this path),
+    eager, gradients wanted, inputs in their compute dtype (16-bit unit gradients would be
+    rounded twice)."""
+    return (not backend.uses_kernels(hidden) and backend.can_check_on_host(hidden)
+            and not torch.compiler.is_compiling()
             and torch.is_grad_enabled()
             and hidden.dtype in (torch.float32, torch.float64)
             and any(t is not None and t.requires_grad for t in (hidden, weight, bias)))
