@@ -3,15 +3,14 @@ processes with the gloo backend (CPU), each calling ``fn(rank, world_size, *args
 initialised process group, and fails the calling test -- never hangs it -- when a rank raises,
 dies or runs past ``timeout``.
 
-Each call meets at a rendezvous file of its own (no port to race for). ``fn`` must be importable by name (a module-level
-function of a test module): the ranks are started with ``spawn``, which pickles it by reference.
-The ranks inherit the environment, TRITON_INTERPRET included, so they run the interpreted
-kernels as the test session does.
+Each call meets at a rendezvous file of its own (no port to race for). ``fn`` must be importable
+by name (a module-level function of a test module): the ranks are started with ``spawn``, which
+pickles it by reference. The ranks inherit the environment, TRITON_INTERPRET included, so they
+run the interpreted kernels as the test session does.
 """
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -19,12 +18,6 @@ import time
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, fn, world_size: int, rendezvous: str, args: tuple) -> None:

@@ -144,8 +144,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     def forward(self, input: Tensor, target: Tensor, num_items=None):
         return cross_entropy(
             input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale,
-            num_items=num_items, return_lse=self.return_lse,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            logit_scale=self.logit_scale, num_items=num_items, return_lse=self.return_lse,
             inplace_backward=self.inplace_backward,
         )
 

@@ -13,9 +13,9 @@ process group with two all-reduces of N-vectors (never a gather of the ``N x V``
 (the third part, for label smoothing, travels only when ``label_smoothing > 0``), then ``ce`` of
 the whole row exactly as the single-device kernel writes it. Per rank and forward that is ``4N``
 bytes (MAX) plus ``8N`` bytes (SUM; ``12N`` with smoothing) of float32 into the all-reduces,
-against ``N x V x b`` for gathering the logits. The backward is local: each rank writes the gradient of
-its own slice from the whole row's ``lse`` (no communication), a ``DTensor`` with the logits'
-placements.
+against ``N x V x b`` for gathering the logits. The backward is local: each rank writes the
+gradient of its own slice from the whole row's ``lse`` (no communication), a ``DTensor`` with the
+logits' placements.
 
 The layout is torch's, read from the DTensor; nothing here shards anything itself.
 """
